@@ -1,0 +1,125 @@
+"""Task models: a sequence classifier (sequential / permuted MNIST) and a character-level
+language model (PTB, text8), both = stacked recurrent layers + an orthogonal softmax head.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from normrnn import cells, inits
+from normrnn.norms import NormOptions, get_scheme
+from normrnn.recurrent import RecurrentStack
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNSpec:
+  """Everything that defines the recurrent stack (hashable, so it can be a module attribute).
+
+  Attributes:
+    cell: 'lstm' or 'tanh_rnn' (`normrnn.cells.CELLS`).
+    hidden: units per layer.
+    layers: number of stacked layers.
+    norm: scheme name (`normrnn.norms.NORMS`).
+    options: the scheme's options.
+    recurrent_init: 'orthogonal', 'identity_orthogonal' (MNIST) or 'identity' (tanh RNN).
+    forget_bias: initial forget-gate bias.
+    h0_noise: std of the Gaussian noise added to h_0 (the paper's --noise; 0 = off).
+    max_time_steps: length of the per-step statistic tables (the training length).
+    stats_rate: rate of the running averages of the population statistics.
+    unroll: scan unroll.
+    remat: recompute step activations in the backward pass.
+  """
+  cell: str
+  hidden: int
+  layers: int
+  norm: str
+  options: NormOptions
+  recurrent_init: str
+  forget_bias: float
+  h0_noise: float
+  max_time_steps: int
+  stats_rate: float
+  unroll: int
+  remat: bool
+
+  def __post_init__(self):
+    cells.get_cell(self.cell)
+    get_scheme(self.norm)
+    for field in ('hidden', 'layers', 'max_time_steps', 'unroll'):
+      if getattr(self, field) < 1:
+        raise ValueError(f'model {field} must be >= 1, got {getattr(self, field)}')
+    if self.h0_noise < 0:
+      raise ValueError(f'model h0_noise must be >= 0, got {self.h0_noise}')
+    if not 0.0 < self.stats_rate <= 1.0:
+      raise ValueError(f'norm stats_rate must be in (0, 1], got {self.stats_rate}')
+
+  def stack(self, input_features: int, train: bool) -> RecurrentStack:
+    cell_cls, scheme = cells.get_cell(self.cell), get_scheme(self.norm)
+    layer_cells = tuple(
+        cell_cls(self.hidden, input_features if i == 0 else self.hidden, scheme, self.options,
+                 self.recurrent_init, self.forget_bias, self.h0_noise, train)
+        for i in range(self.layers))
+    return RecurrentStack(layer_cells, self.max_time_steps, self.stats_rate,
+                          reverse=(False,) * self.layers, unroll=self.unroll, remat=self.remat,
+                          name='rnn')
+
+
+class SequenceClassifier(nn.Module):
+  """Reads a sequence and predicts one label from the last valid hidden state (MNIST: h_784).
+
+  __call__(inputs [batch, time, features] float, mask [batch, time] | None, *, train)
+    -> logits [batch, num_classes]
+  """
+  spec: RNNSpec
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, inputs, mask=None, *, train: bool, probe=None):
+    if inputs.ndim != 3:
+      raise ValueError(f'SequenceClassifier expects inputs [batch, time, features], got shape '
+                       f'{inputs.shape}')
+    _, carries = self.spec.stack(inputs.shape[-1], train)(inputs, mask, probe=probe)
+    return nn.Dense(self.num_classes, kernel_init=inits.orthogonal, name='head')(carries[-1]['h'])
+
+
+class CharLM(nn.Module):
+  """Next-character model on one-hot inputs.
+
+  __call__(tokens [batch, time] int, mask [batch, time] | None, *, train)
+    -> logits [batch, time, vocab_size]
+  """
+  spec: RNNSpec
+  vocab_size: int
+
+  @nn.compact
+  def __call__(self, tokens, mask=None, *, train: bool, probe=None):
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f'CharLM expects integer tokens [batch, time], got {tokens.dtype} '
+                       f'{tokens.shape}')
+    x = jax.nn.one_hot(tokens, self.vocab_size, dtype=jnp.float32)
+    outputs, _ = self.spec.stack(self.vocab_size, train)(x, mask, probe=probe)
+    return nn.Dense(self.vocab_size, kernel_init=inits.orthogonal, name='head')(outputs)
+
+
+def spec_from_config(model_cfg) -> RNNSpec:
+  """Reads config.model (every field explicit; see configs/common.py)."""
+  n = model_cfg.norm
+  return RNNSpec(
+      cell=model_cfg.cell, hidden=model_cfg.hidden, layers=model_cfg.layers, norm=n.name,
+      options=NormOptions(gamma_init=n.gamma_init, eps=n.eps, streaming_mix=n.streaming_mix),
+      recurrent_init=model_cfg.recurrent_init, forget_bias=model_cfg.forget_bias,
+      h0_noise=model_cfg.h0_noise, max_time_steps=n.max_time_steps, stats_rate=n.stats_rate,
+      unroll=model_cfg.unroll, remat=model_cfg.remat)
+
+
+def build_model(model_cfg, *, kind: str, num_classes: int) -> nn.Module:
+  """A SequenceClassifier (kind='classify') or CharLM (kind='lm') from config.model."""
+  spec = spec_from_config(model_cfg)
+  if kind == 'classify':
+    return SequenceClassifier(spec, num_classes)
+  if kind == 'lm':
+    return CharLM(spec, num_classes)
+  raise ValueError(f"unknown task kind {kind!r}; valid: 'classify', 'lm'")

@@ -1,0 +1,137 @@
+"""Shared maths and the interface every normalization site implements.
+
+A recurrent cell has up to three *sites* where a scheme may act (Cooijmans et al. 2016, eqs. 6-8):
+
+  input      the input term      a_x = W_x x_t      [batch, (time,) 4*hidden]  (computed for all
+                                                    steps at once, outside the time loop)
+  recurrent  the recurrent term  a_h = W_h h_{t-1}  [batch, 4*hidden]          (inside the loop)
+  cell       the cell state c_t before the output tanh [batch, hidden]         (inside the loop)
+  sum        the summed pre-activation of a tanh RNN (Fig. 4a's BN-RNN)       (inside the loop)
+
+Every site module has the same call signature:
+
+  y, moments, state = site(a, x=..., mask=..., stats=..., state=...)
+
+  a        the term to normalize, [batch, ..., features]
+  x        the vector the term was computed from, [batch, ..., in_features] (cosine norm needs
+           its length); for the cell site it is the cell state itself
+  mask     [batch, ...] float, 1 for valid positions; padding never enters any statistic
+  stats    population statistics {'mean', 'var'} of shape [..., features] (per-step tables, already
+           indexed by time step by the scan) or [features] (shared tables); the scan always passes
+           them, schemes using batch statistics in training ignore them there
+  state    per-sequence state carried through the time loop (only streaming norm uses it)
+
+  moments  this batch's statistics {'mean', 'var', 'count'} for the scan to fold into the
+           population tables (training only; None for schemes without statistics)
+
+Class attributes tell the scan what to allocate: `stats_kind` is None, 'per_step' (a
+[max_time_steps, features] table indexed by position) or 'shared' (one [features] table).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+SITES = ('input', 'recurrent', 'cell', 'sum')
+# Sites that carry a learned shift beta. The input and recurrent terms have none: the LSTM bias b
+# absorbs it (Cooijmans et al. 2016 sec. 3); the cell BN and the tanh-RNN BN keep theirs.
+SHIFT_SITES = ('cell', 'sum')
+
+
+@dataclasses.dataclass(frozen=True)
+class NormOptions:
+  """Options shared by all schemes; every value comes from the config (no defaults here).
+
+  Attributes:
+    gamma_init: initial value of the per-unit gain (BN: 0.1 in Cooijmans et al.; LN: 1.0 in Ba et
+      al.; cosine: the initial per-unit scale). Must be > 0.
+    eps: added to the variance inside the square root (1e-5 in the paper's code).
+    streaming_mix: weight lambda of the short-term statistics in streaming norm, in [0, 1].
+  """
+  gamma_init: float
+  eps: float
+  streaming_mix: float
+
+  def __post_init__(self):
+    if not self.gamma_init > 0:
+      raise ValueError(f'norm gamma_init must be > 0, got {self.gamma_init} '
+                       '(the paper uses 0.1 for BN; values <= 0.01 were unstable).')
+    if not self.eps > 0:
+      raise ValueError(f'norm eps must be > 0, got {self.eps}.')
+    if not 0.0 <= self.streaming_mix <= 1.0:
+      raise ValueError(f'norm streaming_mix must be in [0, 1], got {self.streaming_mix}.')
+
+
+def masked_moments(a: jax.Array, mask: jax.Array, axes: tuple[int, ...]):
+  """Mean, biased variance and count of `a` over `axes`, counting only mask == 1 entries.
+
+  Args:
+    a: [batch, ..., features].
+    mask: [batch, ...] (a's shape without the feature axis), 1 = valid.
+    axes: leading axes to reduce (never the feature axis).
+
+  Returns:
+    mean, var of shape a.shape without `axes`; count of shape mask.shape without `axes`.
+    Where count is 0 the mean and variance are 0 (and must not be used).
+  """
+  m = mask.astype(a.dtype)[..., None]
+  count = jnp.sum(m, axis=axes)
+  safe = jnp.maximum(count, 1.0)
+  mean = jnp.sum(a * m, axis=axes) / safe
+  centered = a - jnp.expand_dims(mean, axes)
+  var = jnp.sum(jnp.square(centered) * m, axis=axes) / safe
+  return mean, var, count[..., 0]
+
+
+def combine_moments(mean: jax.Array, var: jax.Array, count: jax.Array):
+  """Pools per-step moments [time, F] (with counts [time]) into moments over all valid positions."""
+  w = count[:, None]
+  total = jnp.sum(count)
+  safe = jnp.maximum(total, 1.0)
+  pooled_mean = jnp.sum(w * mean, axis=0) / safe
+  second = jnp.sum(w * (var + jnp.square(mean)), axis=0) / safe
+  return pooled_mean, jnp.maximum(second - jnp.square(pooled_mean), 0.0), total
+
+
+def standardize(a, mean, var, eps):
+  return (a - mean) * jax.lax.rsqrt(var + eps)
+
+
+class SiteNorm(nn.Module):
+  """Interface of a normalization site (see the module docstring for the call signature)."""
+  features: int
+  site: str
+  options: NormOptions
+  train: bool
+
+  stats_kind: ClassVar[str | None] = None
+
+  def initial_state(self, batch_size: int) -> Any:
+    """Per-sequence state carried through the time loop (empty unless a scheme needs one)."""
+    del batch_size
+    return ()
+
+  def gain(self):
+    return self.param('gamma', nn.initializers.constant(self.options.gamma_init),
+                      (self.features,))
+
+  def shift(self, y):
+    """Adds the learned shift beta (init 0) at the sites that have one."""
+    if self.site in SHIFT_SITES:
+      y = y + self.param('beta', nn.initializers.zeros, (self.features,))
+    return y
+
+  def __call__(self, a, *, x, mask, stats, state):
+    raise NotImplementedError
+
+
+class IdentityKernel(nn.Module):
+  """Kernel transform of schemes that do not reparameterize the weights: w = v."""
+
+  @nn.compact
+  def __call__(self, kernel):
+    return kernel

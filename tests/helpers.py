@@ -1,0 +1,60 @@
+"""Small builders shared by the core tests."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from normrnn import cells, recurrent
+from normrnn.norms import NORMS, NormOptions
+
+EPS = 1e-5
+LAM = 0.3
+RATE = 0.1
+
+
+def options(scheme):
+  # gamma 0.1 for BN-type schemes (Cooijmans), 1.0 otherwise; the value only needs to be valid.
+  gamma = 0.1 if scheme in ('batch', 'batch_input', 'sequence') else 1.0
+  return NormOptions(gamma_init=gamma, eps=EPS, streaming_mix=LAM)
+
+
+def make_layer(scheme, *, train, hidden=3, features=2, t_max=5, reverse=False, cell='lstm',
+               recurrent_init='orthogonal', unroll=1, remat=False, h0_noise=0.0):
+  cell_cls = cells.get_cell(cell)
+  c = cell_cls(hidden, features, NORMS[scheme], options(scheme), recurrent_init, 1.0, h0_noise,
+               train)
+  return recurrent.Recurrent(c, max_time_steps=t_max, stats_rate=RATE, reverse=reverse,
+                             unroll=unroll, remat=remat)
+
+
+def perturb_params(params, key, scale=0.3):
+  """Moves every parameter off its init so that betas, h0, c0 and gains matter in comparisons."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+      tree, [v + scale * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+
+
+def random_tables(batch_stats, key):
+  """Population tables with non-trivial values (var > 0)."""
+  flat = jax.tree_util.tree_flatten_with_path(batch_stats)[0]
+  out = {}
+  for (path, v), k in zip(flat, jax.random.split(key, max(len(flat), 1))):
+    name = path[-1].key
+    noise = jax.random.normal(k, v.shape)
+    out[name] = 0.5 + jnp.abs(noise) if name.endswith('_var') else noise
+  return out
+
+
+def data(batch=4, length=5, features=2, seed=0, lengths=None):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch, length, features)).astype(np.float32)
+  mask = np.ones((batch, length), np.float32)
+  if lengths is not None:
+    for b, n in enumerate(lengths):
+      mask[b, n:] = 0
+      x[b, n:] = rng.normal(size=(length - n, features)) * 100  # garbage in the padding
+  return jnp.asarray(x), jnp.asarray(mask)
+
+
+def to_numpy(tree):
+  return jax.tree.map(np.asarray, tree)

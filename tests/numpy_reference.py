@@ -1,0 +1,199 @@
+"""An independent numpy implementation of every scheme's LSTM, written from the equations
+(paper_spec.md A.1-A.3, C.1-C.6 and each scheme's docstring), with a plain Python loop over
+time and over examples where the maths is per example. The tests compare normrnn against it.
+"""
+import numpy as np
+
+# What each scheme does at each site, spelled out independently of normrnn.norms.
+SITE_KIND = {
+    #              input        recurrent    cell
+    'none':        ('id',        'id',        'shift'),
+    'batch':       ('bn_step',   'bn_step',   'bn_step'),
+    'batch_input': ('bn_step',   'id',        'shift'),
+    'sequence':    ('bn_seq',    'id',        'shift'),
+    'layer':       ('ln',        'ln',        'ln'),
+    'weight':      ('id',        'id',        'shift'),
+    'cosine':      ('cos',       'cos',       'shift'),
+    'streaming':   ('stream',    'stream',    'stream'),
+}
+
+
+def sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def moments(rows, m):
+  """Mean and biased variance of rows [N, F] over the rows with m == 1."""
+  rows = rows[m > 0]
+  if len(rows) == 0:
+    return None
+  return rows.mean(0), rows.var(0), len(rows)
+
+
+def reverse_valid_np(x, lengths):
+  out = x.copy()
+  for b, n in enumerate(lengths):
+    out[b, :n] = x[b, :n][::-1]
+  return out
+
+
+class LSTMReference:
+  """params: the flax 'params' of one Recurrent layer's cell, as numpy."""
+
+  def __init__(self, params, scheme, *, eps, lam, tables=None, max_time_steps=None):
+    self.p = params
+    self.scheme = scheme
+    self.kinds = SITE_KIND[scheme]
+    self.eps, self.lam = eps, lam
+    self.tables = tables or {}
+    self.t_max = max_time_steps
+    self.moments = {'input': {}, 'recurrent': {}, 'cell': {}}  # site -> {t or 'all': moments}
+
+  def kernel(self, name):
+    v = np.asarray(self.p[name], np.float64)
+    col = np.sqrt((v ** 2).sum(0))
+    if self.scheme == 'weight':
+      return v * (np.asarray(self.p[name + '_norm']['g']) / col)
+    if self.scheme == 'cosine':
+      return v / col
+    return v
+
+  def gamma(self, site):
+    return np.asarray(self.p[site + '_norm']['gamma'], np.float64)
+
+  def beta(self, site):
+    return np.asarray(self.p[site + '_norm']['beta'], np.float64)
+
+  def pop(self, site, t=None):
+    mean, var = self.tables[site + '_mean'], self.tables[site + '_var']
+    if t is None:
+      return mean, var
+    k = min(t, self.t_max - 1)
+    return mean[k], var[k]
+
+  def step_norm(self, site, kind, a, m, t, train, src, stream):
+    """Normalizes a [B, F] at step t (recurrent or cell site)."""
+    shift = self.beta(site) if site == 'cell' else 0.0
+    if kind == 'id':
+      return a
+    if kind == 'shift':
+      return a + shift
+    if kind == 'bn_step':
+      if train:
+        mean, var, n = moments(a, m)
+        self.moments[site][t] = (mean, var, n)
+      else:
+        mean, var = self.pop(site, t)
+      return self.gamma(site) * (a - mean) / np.sqrt(var + self.eps) + shift
+    if kind == 'ln':
+      out = np.empty_like(a)
+      for b in range(a.shape[0]):
+        mu, var = a[b].mean(), a[b].var()
+        out[b] = self.gamma(site) * (a[b] - mu) / np.sqrt(var + self.eps) + shift
+      return out
+    if kind == 'cos':
+      return self.gamma(site) * a / np.sqrt((src ** 2).sum(-1, keepdims=True) + self.eps)
+    if kind == 'stream':
+      return self.stream_norm(site, a, m, t, train, stream)
+    raise AssertionError(kind)
+
+  def stream_norm(self, site, a, m, t, train, acc):
+    """acc[site] holds per-example running (n, s1, s2) over this sequence's valid steps."""
+    shift = self.beta(site) if site == 'cell' else 0.0
+    mu_l, var_l = self.pop(site)
+    out = np.empty_like(a)
+    for b in range(a.shape[0]):
+      n, s1, s2 = acc[site][b]
+      if m[b] > 0:
+        n, s1, s2 = n + 1, s1 + a[b], s2 + a[b] ** 2
+        acc[site][b] = (n, s1, s2)
+      n_safe = max(n, 1)
+      mu = self.lam * s1 / n_safe + (1 - self.lam) * mu_l
+      second = self.lam * s2 / n_safe + (1 - self.lam) * (var_l + mu_l ** 2)
+      var = np.maximum(second - mu ** 2, 0.0)
+      out[b] = self.gamma(site) * (a[b] - mu) / np.sqrt(var + self.eps) + shift
+    if train:
+      self.moments[site][t] = moments(a, m)
+    return out
+
+  def input_term(self, x, mask, train):
+    """The normalized input term for all steps, [B, T, 4H]."""
+    ax = x @ self.kernel('kernel_x')
+    kind = self.kinds[0]
+    B, T, _ = ax.shape
+    if kind == 'id':
+      return ax
+    if kind == 'bn_seq':
+      if train:
+        mean, var, n = moments(ax.reshape(B * T, -1), mask.reshape(-1))
+        self.moments['input']['all'] = (mean, var, n)
+      else:
+        mean, var = self.pop('input')
+      return self.gamma('input') * (ax - mean) / np.sqrt(var + self.eps)
+    out = np.empty_like(ax)
+    if kind == 'stream':
+      acc = {'input': [(0, 0.0, 0.0)] * B}
+      for t in range(T):
+        out[:, t] = self.stream_norm('input', ax[:, t], mask[:, t], t, train, acc)
+      return out
+    for t in range(T):
+      out[:, t] = self.step_norm('input', kind, ax[:, t], mask[:, t], t, train, x[:, t], None)
+    return out
+
+  def run(self, x, mask, *, train, reverse=False, noise=None):
+    """x [B, T, D], mask [B, T] -> outputs [B, T, H]."""
+    x = np.asarray(x, np.float64)
+    mask = np.asarray(mask, np.float64)
+    lengths = mask.sum(1).astype(int)
+    if reverse:
+      x = reverse_valid_np(x, lengths)
+    B, T, _ = x.shape
+    H = self.p['h0'].shape[0]
+    ax = self.input_term(x, mask, train)
+    kh = self.kernel('kernel_h')
+    bias = np.asarray(self.p['bias'], np.float64)
+    h = np.tile(np.asarray(self.p['h0'], np.float64), (B, 1))
+    if noise is not None:
+      h = h + noise
+    c = np.tile(np.asarray(self.p['c0'], np.float64), (B, 1))
+    acc = {'recurrent': [(0, 0.0, 0.0)] * B, 'cell': [(0, 0.0, 0.0)] * B}
+    outputs = np.zeros((B, T, H))
+    for t in range(T):
+      m = mask[:, t]
+      ah = self.step_norm('recurrent', self.kinds[1], h @ kh, m, t, train, h, acc)
+      pre = ax[:, t] + ah + bias
+      g, f, i, o = pre[:, :H], pre[:, H:2 * H], pre[:, 2 * H:3 * H], pre[:, 3 * H:]
+      c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+      c_hat = self.step_norm('cell', self.kinds[2], c_new, m, t, train, c_new, acc)
+      h_new = sigmoid(o) * np.tanh(c_hat)
+      for b in range(B):
+        if m[b] > 0:
+          h[b], c[b] = h_new[b], c_new[b]
+          outputs[b, t] = h_new[b]
+    if reverse:
+      outputs = reverse_valid_np(outputs, lengths)
+    return outputs, h
+
+  def updated_tables(self, rate, T):
+    """Running-average update of the population tables with this run's moments."""
+    new = {k: np.array(v, np.float64) for k, v in self.tables.items()}
+    for site, per_t in self.moments.items():
+      if not per_t:
+        continue
+      kind = self.kinds[('input', 'recurrent', 'cell').index(site)]
+      if kind == 'bn_step':
+        for t, mom in per_t.items():
+          if mom is not None:
+            for stat, val in zip(('mean', 'var'), mom[:2]):
+              new[f'{site}_{stat}'][t] = (1 - rate) * new[f'{site}_{stat}'][t] + rate * val
+      else:  # shared: pool all valid positions
+        if 'all' in per_t:
+          mean, var, _ = per_t['all']
+        else:
+          valid = [mom for mom in per_t.values() if mom is not None]
+          n = sum(mm[2] for mm in valid)
+          mean = sum(mm[2] * mm[0] for mm in valid) / n
+          var = sum(mm[2] * (mm[1] + mm[0] ** 2) for mm in valid) / n - mean ** 2
+        for stat, val in (('mean', mean), ('var', var)):
+          new[f'{site}_{stat}'] = (1 - rate) * new[f'{site}_{stat}'] + rate * val
+    return new
