@@ -87,8 +87,8 @@ class NormLSTMCell(nn.Module):
     if self.h0_noise > 0:
       h0 = h0 + inits.noise(self.make_rng('noise'), h0.shape, self.h0_noise)
     return dict(h=h0, c=jnp.broadcast_to(self.c0, (batch_size, self.hidden)),
-                norm=dict(recurrent=self.recurrent_norm.initial_state(batch_size),
-                          cell=self.cell_norm.initial_state(batch_size)))
+                norm=dict(recurrent=self.recurrent_norm.initial_state(batch_size, h0.dtype),
+                          cell=self.cell_norm.initial_state(batch_size, h0.dtype)))
 
   def step(self, carry, inputs_t, mask_t, stats_t, consts, probe_t=None):
     h_prev, c_prev = carry['h'], carry['c']
@@ -157,7 +157,7 @@ class TanhRNNCell(nn.Module):
     h0 = jnp.broadcast_to(self.h0, (batch_size, self.hidden))
     if self.h0_noise > 0:
       h0 = h0 + inits.noise(self.make_rng('noise'), h0.shape, self.h0_noise)
-    return dict(h=h0, norm=self.sum_norm.initial_state(batch_size))
+    return dict(h=h0, norm=self.sum_norm.initial_state(batch_size, h0.dtype))
 
   def step(self, carry, inputs_t, mask_t, stats_t, consts, probe_t=None):
     h_prev = carry['h']

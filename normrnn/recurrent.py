@@ -198,8 +198,9 @@ class RecurrentStack(nn.Module):
       raise ValueError('RecurrentStack needs one reverse flag per layer')
     carries = []
     for i, (cell, rev) in enumerate(zip(self.cells, self.reverse)):
-      layer = Recurrent(cell, self.max_time_steps, self.stats_rate, rev, self.unroll, self.remat,
-                        name=f'layer_{i}')
+      # A fresh copy, so that its parameters live under layer_i/cell next to layer_i's tables.
+      layer = Recurrent(cell.clone(parent=None), self.max_time_steps, self.stats_rate, rev,
+                        self.unroll, self.remat, name=f'layer_{i}')
       x, carry = layer(x, mask, probe=probe if i == len(self.cells) - 1 else None)
       carries.append(carry)
     return x, carries

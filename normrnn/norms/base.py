@@ -110,9 +110,9 @@ class SiteNorm(nn.Module):
 
   stats_kind: ClassVar[str | None] = None
 
-  def initial_state(self, batch_size: int) -> Any:
+  def initial_state(self, batch_size: int, dtype) -> Any:
     """Per-sequence state carried through the time loop (empty unless a scheme needs one)."""
-    del batch_size
+    del batch_size, dtype
     return ()
 
   def gain(self):

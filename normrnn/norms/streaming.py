@@ -40,9 +40,9 @@ class Streaming(base.SiteNorm):
   """Causal short-term + long-term statistics, shared over time (see module docstring)."""
   stats_kind = 'shared'
 
-  def initial_state(self, batch_size):
-    zeros = jnp.zeros((batch_size, self.features), jnp.float32)
-    return dict(n=jnp.zeros((batch_size, 1), jnp.float32), s1=zeros, s2=zeros)
+  def initial_state(self, batch_size, dtype):
+    zeros = jnp.zeros((batch_size, self.features), dtype)
+    return dict(n=jnp.zeros((batch_size, 1), dtype), s1=zeros, s2=zeros)
 
   @nn.compact
   def __call__(self, a, *, x, mask, stats, state):
