@@ -1,0 +1,164 @@
+"""Shared pieces of every experiment config: the argument parser and the config sections.
+
+A config file is `get_config(arg)` returning a locked ml_collections.ConfigDict that holds EVERY
+value a run uses (library code never calls `config.get(key, default)`). `arg` is the string after
+the colon in `--config=configs/<task>.py:<arg>`, e.g. `norm=batch,size=cpu,gamma=0.5`, parsed by
+`parse_arg` against typed defaults; an unknown key fails with the list of valid keys.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# Initial gain per scheme. Explicit, because it changes the science (paper sec. 4, Fig. 4a, 6):
+# recurrent BN needs 0.1 (gamma = 1 saturates tanh and kills gradient flow); Ba et al. found LN
+# works best with gain 1; weight norm's gain is initialized from the weights themselves (the
+# value is unused); cosine norm's per-unit scale starts at 1 (cosines are O(1/sqrt(fan-in))).
+GAMMA_INIT = {
+    'none': 1.0,          # unused (no gain); kept so the config shape is the same for every scheme
+    'batch': 0.1,         # Cooijmans et al. 2016, all experiments
+    'batch_input': 0.1,   # Laurent et al. used 1.0; 0.1 here for parity with 'batch' (sweep it)
+    'sequence': 0.1,      # as batch_input
+    'layer': 1.0,         # Ba et al. 2016 sec. 6.2
+    'weight': 1.0,        # unused: g starts at ||v_init|| so W starts at the paper's init
+    'cosine': 1.0,
+    'streaming': 0.1,     # a BN-type normalizer: same reasoning as 'batch'
+}
+SCHEMES = tuple(GAMMA_INIT)
+SIZES = ('paper', 'cpu', 'smoke')
+
+
+def parse_arg(arg: str | None, **defaults):
+  """Parses 'k=v,k2=v2' into a ConfigDict typed like `defaults` (big_vision configs/common.py).
+
+  A bare name sets a bool default to True. Unknown keys and values that do not parse as the
+  default's type fail with the list of valid keys.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(','):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'unknown config argument {key!r}; valid arguments: '
+                       f'{", ".join(sorted(defaults))}')
+    kind = type(defaults[key])
+    if not sep:
+      if kind is not bool:
+        raise ValueError(f'config argument {key!r} needs a value ({key}=...)')
+      out[key] = True
+    elif kind is bool:
+      if value.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(f'config argument {key}={value!r} must be true or false')
+      out[key] = value.lower() in ('true', '1')
+    else:
+      try:
+        out[key] = kind(value)
+      except ValueError:
+        raise ValueError(f'config argument {key}={value!r} must be a {kind.__name__}') from None
+  return out
+
+
+def check_choice(name: str, value, choices):
+  if value not in choices:
+    raise ValueError(f'{name}={value!r} is not valid; choose one of: {", ".join(map(str, choices))}')
+
+
+def norm_section(name: str, *, gamma: float, max_time_steps: int, stats_rate: float):
+  """config.model.norm. gamma < 0 means 'the scheme's default from GAMMA_INIT'."""
+  check_choice('norm', name, SCHEMES)
+  return ml_collections.ConfigDict(dict(
+      name=name,
+      gamma_init=GAMMA_INIT[name] if gamma < 0 else gamma,
+      eps=1e-5,                       # inside the sqrt (paper code)
+      streaming_mix=0.5,              # streaming norm: weight of the short-term statistics
+      max_time_steps=max_time_steps,  # T_max: per-step tables; steps beyond reuse the last one
+      stats_rate=stats_rate,          # running-average rate of the population statistics
+  ))
+
+
+def model_section(*, cell: str, hidden: int, recurrent_init: str, h0_noise: float, norm):
+  return ml_collections.ConfigDict(dict(
+      cell=cell, hidden=hidden, layers=1, recurrent_init=recurrent_init,
+      forget_bias=1.0,   # paper code: forget slice of the bias starts at 1
+      h0_noise=h0_noise,
+      unroll=1,          # scan unroll; 1 is fastest on CPU (ecosystem.md sec. 5)
+      remat=False,
+      norm=norm))
+
+
+def optimizer_section(name: str, learning_rate: float):
+  return ml_collections.ConfigDict(dict(
+      name=name,                  # 'rmsprop' (Blocks RMSProp, MNIST) or 'adam' (PTB, text8)
+      learning_rate=learning_rate,
+      clip_norm=1.0,              # global-norm clipping of the raw gradient (Blocks StepClipping)
+      rmsprop_decay=0.5,          # released sMNIST code (the paper text says 0.9: spec A.5)
+      rmsprop_eps=1e-5,           # Blocks: step = lr * g / max(sqrt(ms), eps)
+      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
+
+
+def train_section(*, num_steps: int, log_every: int, eval_every: int, checkpoint_every: int):
+  return ml_collections.ConfigDict(dict(
+      num_steps=num_steps, log_every_steps=log_every, eval_every_steps=eval_every,
+      checkpoint_every_steps=checkpoint_every, keep_checkpoints=2, progress_bar=True))
+
+
+def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: int,
+                 reestimate_batch_size: int, modes=('population', 'batch')):
+  return ml_collections.ConfigDict(dict(
+      # 'population' = population statistics ('val/...'); 'batch' = batch statistics
+      # ('val_batch/...'). The paper selects the model on validation error with batch statistics.
+      modes=modes,
+      select_metric=select_metric,
+      eval_batches=eval_batches,   # batches per validation pass (-1 = the whole split)
+      # Before the final test evaluation, population statistics are re-estimated as the plain
+      # average of per-batch statistics over training batches (spec A.2); 'ema' keeps the
+      # running averages instead. -1 batches = one full pass over the training set.
+      popstats='reestimate',
+      reestimate_batches=reestimate_batches,
+      reestimate_batch_size=reestimate_batch_size,
+  ))
+
+
+def wandb_section(*, group: str, tags=()):
+  return ml_collections.ConfigDict(dict(
+      mode='disabled',       # 'disabled' | 'offline' | 'online' (online falls back to offline)
+      project='normrnn', group=group, name='', tags=tuple(tags), init_timeout_s=20.0,
+      tensorboard=True))
+
+
+# Schemes whose training normalizes with the current batch's statistics: for them the paper's
+# model selection (validation error under batch statistics) is meaningful and evaluated.
+BATCH_STAT_SCHEMES = ('batch', 'batch_input', 'sequence')
+
+
+def experiment(*, args, task: str, paper: str, data, model, optimizer, train, eval_, wandb_group):
+  """Assembles and locks the full config. `args` is the parsed config argument."""
+  config = ml_collections.ConfigDict()
+  config.task = task          # a label for tables and wandb groups
+  config.paper = paper        # the paper row this config reproduces
+  config.seed = args.seed
+  config.data = data
+  config.model = model
+  config.optimizer = optimizer
+  config.train = train
+  config.eval = eval_
+  config.wandb = wandb_section(group=wandb_group, tags=(task, model.norm.name, args.size))
+  config.lock()
+  return config
+
+
+def eval_modes(norm: str):
+  """('population', 'batch') for batch-statistic schemes, else ('population',), with the
+  matching selection metric (the paper: validation error with batch statistics)."""
+  if norm in BATCH_STAT_SCHEMES:
+    return ('population', 'batch'), 'val_batch/error'
+  return ('population',), 'val/error'
+
+
+def data_section(*, name, dir, pixel_order='scanline', permutation_seed=1, seq_len,
+                 batch_size, eval_batch_size):
+  return ml_collections.ConfigDict(dict(
+      name=name, dir=dir, source='files', download=False, pixel_order=pixel_order,
+      permutation_seed=permutation_seed, seq_len=seq_len, batch_size=batch_size,
+      eval_batch_size=eval_batch_size))
