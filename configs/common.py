@@ -104,7 +104,7 @@ def train_section(*, num_steps: int, log_every: int, eval_every: int, checkpoint
 
 
 def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: int,
-                 reestimate_batch_size: int, modes=('population', 'batch')):
+                 reestimate_batch_size: int, modes=('population', 'batch'), full_stream=False):
   return ml_collections.ConfigDict(dict(
       # 'population' = population statistics ('val/...'); 'batch' = batch statistics
       # ('val_batch/...'). The paper selects the model on validation error with batch statistics.
@@ -117,6 +117,11 @@ def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: i
       popstats='reestimate',
       reestimate_batches=reestimate_batches,
       reestimate_batch_size=reestimate_batch_size,
+      # Language models: also score the whole test split as ONE batch-1 sequence with population
+      # statistics (PTB's reported number, pitfall D.13), in chunks of `stream_chunk` steps
+      # carrying the state ('test_stream/...').
+      full_stream=full_stream,
+      stream_chunk=1000,
   ))
 
 

@@ -56,7 +56,8 @@ def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=Fal
       eval_=common.eval_section(select_metric=select, modes=modes,
                                 eval_batches=sizes['eval_batches'],
                                 reestimate_batches=sizes['reest'][0],
-                                reestimate_batch_size=sizes['reest'][1]),
+                                reestimate_batch_size=sizes['reest'][1],
+                                full_stream=a.size != 'smoke' and not text8),
       wandb_group=f'cooijmans2016/{task}')
 
 

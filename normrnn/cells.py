@@ -3,9 +3,10 @@ owns the time loop and calls the methods below.
 
 Cell protocol (used by `normrnn.recurrent.Recurrent`):
   stat_specs()                  {site: (features, stats_kind)} for sites with population tables
-  hoist(x, mask, stats)         the part computed for all steps before the loop:
+  hoist(x, mask, stats, carry)  the part computed for all steps before the loop:
                                   x [batch, time, in_features], mask [batch, time]
-                                  -> (step_inputs [batch, time, ...], consts, moments)
+                                  -> (step_inputs [batch, time, ...], consts, moments, carry)
+                                  (carry: with the input site's state advanced over the chunk)
   initialize_carry(batch_size)  the initial state
   step(carry, inputs_t, mask_t, stats_t, consts, probe_t)
                                 one time step -> (carry, y_t [batch, hidden], moments_t)
@@ -76,18 +77,21 @@ class NormLSTMCell(nn.Module):
                  cell=(h, s.cell.stats_kind))
     return {k: v for k, v in specs.items() if v[1] is not None}
 
-  def hoist(self, x, mask, stats):
+  def hoist(self, x, mask, stats, carry):
     a = jnp.einsum('btd,dk->btk', x, self.kernel_x_norm(self.kernel_x))
-    a, moments, _ = self.input_norm(a, x=x, mask=mask, stats=stats.get('input'), state=())
+    a, moments, state = self.input_norm(a, x=x, mask=mask, stats=stats.get('input'),
+                                        state=carry['norm']['input'])
     consts = dict(kernel_h=self.kernel_h_norm(self.kernel_h))
-    return a, consts, dict(input=moments)
+    carry = dict(carry, norm=dict(carry['norm'], input=state))
+    return a, consts, dict(input=moments), carry
 
   def initialize_carry(self, batch_size: int):
     h0 = jnp.broadcast_to(self.h0, (batch_size, self.hidden))
     if self.h0_noise > 0:
       h0 = h0 + inits.noise(self.make_rng('noise'), h0.shape, self.h0_noise)
     return dict(h=h0, c=jnp.broadcast_to(self.c0, (batch_size, self.hidden)),
-                norm=dict(recurrent=self.recurrent_norm.initial_state(batch_size, h0.dtype),
+                norm=dict(input=self.input_norm.initial_state(batch_size, h0.dtype),
+                          recurrent=self.recurrent_norm.initial_state(batch_size, h0.dtype),
                           cell=self.cell_norm.initial_state(batch_size, h0.dtype)))
 
   def step(self, carry, inputs_t, mask_t, stats_t, consts, probe_t=None):
@@ -105,7 +109,8 @@ class NormLSTMCell(nn.Module):
     if probe_t is not None:
       h = h + probe_t
     keep = mask_t[:, None] > 0
-    new = _hold(keep, dict(h=h, c=c, norm=dict(recurrent=st_h, cell=st_c)), carry)
+    norm = dict(carry['norm'], recurrent=st_h, cell=st_c)
+    new = _hold(keep, dict(h=h, c=c, norm=norm), carry)
     y = new['h'] * mask_t[:, None]
     return new, y, dict(recurrent=mom_h, cell=mom_c)
 
@@ -149,9 +154,9 @@ class TanhRNNCell(nn.Module):
     kind = self.scheme.recurrent.stats_kind
     return {} if kind is None else dict(sum=(self.hidden, kind))
 
-  def hoist(self, x, mask, stats):
+  def hoist(self, x, mask, stats, carry):
     del mask, stats
-    return jnp.einsum('btd,dk->btk', x, self.kernel_x), dict(kernel_h=self.kernel_h), {}
+    return jnp.einsum('btd,dk->btk', x, self.kernel_x), dict(kernel_h=self.kernel_h), {}, carry
 
   def initialize_carry(self, batch_size: int):
     h0 = jnp.broadcast_to(self.h0, (batch_size, self.hidden))

@@ -20,7 +20,7 @@ SECTIONS = {
     'train': ('num_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'progress_bar'),
     'eval': ('modes', 'select_metric', 'eval_batches', 'popstats', 'reestimate_batches',
-             'reestimate_batch_size'),
+             'reestimate_batch_size', 'full_stream', 'stream_chunk'),
     'wandb': ('mode', 'project', 'group', 'name', 'tags', 'init_timeout_s', 'tensorboard'),
 }
 TOP_LEVEL = ('task', 'paper', 'seed', 'data', 'model', 'optimizer', 'train', 'eval', 'wandb')
@@ -113,4 +113,8 @@ def validate(config) -> None:
   _choice('eval.popstats', e.popstats, POPSTATS)
   _positive('eval.reestimate_batches', e.reestimate_batches, allow_minus_one=True)
   _positive('eval.reestimate_batch_size', e.reestimate_batch_size)
+  _positive('eval.stream_chunk', e.stream_chunk)
+  if e.full_stream and d.name in ('digits', 'mnist', 'mnist10k'):
+    _fail(f'eval.full_stream is for language models; data.name={d.name!r} is a classification '
+          'task')
   _choice('wandb.mode', w.mode, WANDB_MODES)

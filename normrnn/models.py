@@ -95,13 +95,18 @@ class CharLM(nn.Module):
   vocab_size: int
 
   @nn.compact
-  def __call__(self, tokens, mask=None, *, train: bool, probe=None):
+  def __call__(self, tokens, mask=None, *, train: bool, probe=None, carries=None,
+               position_offset=0, return_carries=False):
+    """`carries`/`position_offset`/`return_carries` evaluate a long stream in chunks: pass the
+    previous chunk's carries and the number of symbols already read."""
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f'CharLM expects integer tokens [batch, time], got {tokens.dtype} '
                        f'{tokens.shape}')
     x = jax.nn.one_hot(tokens, self.vocab_size, dtype=jnp.float32)
-    outputs, _ = self.spec.stack(self.vocab_size, train)(x, mask, probe=probe)
-    return nn.Dense(self.vocab_size, kernel_init=inits.orthogonal, name='head')(outputs)
+    outputs, final = self.spec.stack(self.vocab_size, train)(
+        x, mask, probe=probe, initial_carries=carries, position_offset=position_offset)
+    logits = nn.Dense(self.vocab_size, kernel_init=inits.orthogonal, name='head')(outputs)
+    return (logits, final) if return_carries else logits
 
 
 def spec_from_config(model_cfg) -> RNNSpec:

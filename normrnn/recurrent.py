@@ -76,12 +76,17 @@ class Recurrent(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
-               probe: jax.Array | None = None) -> tuple[jax.Array, Any]:
+               probe: jax.Array | None = None, initial_carry: Any = None,
+               position_offset: int = 0) -> tuple[jax.Array, Any]:
     """Args:
       x: [batch, time, features] float.
       mask: [batch, time], 1 for valid steps (a prefix of each row when reverse=True);
         None = all valid.
       probe: optional [batch, time, hidden] added to h_t (zeros in use; its gradient is dL/dh_t).
+      initial_carry: continue from this carry (a previous call's final carry) instead of the
+        learned initial state; with `position_offset` = the number of steps already processed,
+        a long sequence can be evaluated in chunks (PTB's whole test set as one sequence).
+      position_offset: position of x[:, 0] in the sequence, for indexing per-step statistics.
 
     Returns:
       outputs [batch, time, hidden] (zero at padded steps) and the final carry (for a forward
@@ -116,7 +121,9 @@ class Recurrent(nn.Module):
       shape = (self.max_time_steps, features) if kind == 'per_step' else (features,)
       tables[site] = (self.variable('batch_stats', f'{site}_mean', jnp.zeros, shape, jnp.float32),
                       self.variable('batch_stats', f'{site}_var', jnp.ones, shape, jnp.float32))
-    positions = jnp.minimum(jnp.arange(length), self.max_time_steps - 1)
+    if position_offset and (train or self.reverse):
+      raise ValueError('position_offset is for chunked evaluation of forward layers only')
+    positions = jnp.minimum(jnp.arange(length) + position_offset, self.max_time_steps - 1)
     lookup = {}
     for site, (mean, var) in tables.items():
       if site in per_step:
@@ -129,7 +136,8 @@ class Recurrent(nn.Module):
       x = reverse_valid(x, lengths)
       probe = None if probe is None else reverse_valid(probe, lengths)
 
-    inputs, cell_consts, moments = cell.hoist(x, mask, lookup)
+    carry0 = cell.initialize_carry(batch) if initial_carry is None else initial_carry
+    inputs, cell_consts, moments, carry0 = cell.hoist(x, mask, lookup, carry0)
     loop_sites = [s for s in specs if s not in moments]
     # Scanned inputs, time-major. Per-step statistics are already [time, features].
     xs = dict(inputs=_time_major(inputs), mask=mask.T,
@@ -142,7 +150,7 @@ class Recurrent(nn.Module):
     body = nn.remat(_scan_body, prevent_cse=False) if self.remat else _scan_body
     scan = nn.scan(body, variable_broadcast='params', split_rngs={'params': False},
                    in_axes=(0, nn.broadcast), out_axes=0, unroll=self.unroll)
-    carry, (ys, loop_moments) = scan(cell, cell.initialize_carry(batch), xs, consts)
+    carry, (ys, loop_moments) = scan(cell, carry0, xs, consts)
     outputs = jnp.swapaxes(ys, 0, 1)
     if self.reverse:
       outputs = reverse_valid(outputs, lengths)
@@ -193,14 +201,16 @@ class RecurrentStack(nn.Module):
   remat: bool = False
 
   @nn.compact
-  def __call__(self, x, mask=None, *, probe=None):
+  def __call__(self, x, mask=None, *, probe=None, initial_carries=None, position_offset=0):
     if len(self.reverse) != len(self.cells):
       raise ValueError('RecurrentStack needs one reverse flag per layer')
     carries = []
     for i, (cell, rev) in enumerate(zip(self.cells, self.reverse)):
+      init = None if initial_carries is None else initial_carries[i]
       # A fresh copy, so that its parameters live under layer_i/cell next to layer_i's tables.
       layer = Recurrent(cell.clone(parent=None), self.max_time_steps, self.stats_rate, rev,
                         self.unroll, self.remat, name=f'layer_{i}')
-      x, carry = layer(x, mask, probe=probe if i == len(self.cells) - 1 else None)
+      x, carry = layer(x, mask, probe=probe if i == len(self.cells) - 1 else None,
+                       initial_carry=init, position_offset=position_offset)
       carries.append(carry)
     return x, carries

@@ -145,7 +145,8 @@ def test_batch_t1_equals_flax_batchnorm():
     bn_vars = {'params': bn_vars['params'], 'batch_stats': upd['batch_stats']}
   # outputs: the hoisted input-term normalization of the cell
   cell = layer.cell
-  y_ours, _, _ = cell.apply({'params': cell_params}, x2, mask2, {}, method='hoist')
+  carry = cell.apply({'params': cell_params}, x2.shape[0], method='initialize_carry')
+  y_ours, _, _, _ = cell.apply({'params': cell_params}, x2, mask2, {}, carry, method='hoist')
   np.testing.assert_allclose(y_ours[:, 0], y_bn, **TOL)
   np.testing.assert_allclose(stats['input_mean'][0], bn_vars['batch_stats']['mean'], **TOL)
   np.testing.assert_allclose(stats['input_var'][0], bn_vars['batch_stats']['var'], **TOL)

@@ -36,8 +36,8 @@ def _python_loop(layer, variables, x, mask, reverse):
       idx = np.minimum(np.arange(length), t_max - 1)
       mean, var = mean[idx], var[idx]
     lookup[site] = dict(mean=mean, var=var)
-  inputs, consts, _ = cell.apply(cell_vars, x, mask, lookup, method='hoist')
   carry = cell.apply(cell_vars, x.shape[0], method='initialize_carry')
+  inputs, consts, _, carry = cell.apply(cell_vars, x, mask, lookup, carry, method='hoist')
   ys = []
   for t in range(length):
     stats_t = {s: (jax.tree.map(lambda v: v[t], d) if specs[s][1] == 'per_step' else d)
@@ -257,3 +257,24 @@ def test_lstm_none_init_matches_paper():
   np.testing.assert_allclose(rest @ rest.T, np.eye(4), atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(p['kernel_x']), 1.0, atol=1e-5)
   assert not p['h0'].any() and not p['c0'].any()
+
+
+@pytest.mark.parametrize('scheme', ['batch', 'streaming', 'layer'])
+def test_chunked_stream_evaluation_equals_one_pass(scheme):
+  spec = models.RNNSpec('lstm', 4, 2, scheme, helpers.options(scheme), 'orthogonal', 1.0, 0.0,
+                        5, 0.1, 1, False)
+  model = models.CharLM(spec, vocab_size=7)
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 7, (1, 30)), jnp.int32)
+  variables = model.init(jax.random.PRNGKey(0), tokens[:, :5], train=False)
+  if 'batch_stats' in variables:
+    variables = dict(variables, batch_stats=jax.tree.map(
+        lambda v: v + 0.3 * jax.random.normal(jax.random.PRNGKey(1), v.shape) ** 2,
+        variables['batch_stats']))
+  whole = model.apply(variables, tokens, train=False)
+  carries, parts = None, []
+  for start in range(0, 30, 10):
+    logits, carries = model.apply(variables, tokens[:, start:start + 10], train=False,
+                                  carries=carries, position_offset=min(start, 5),
+                                  return_carries=True)
+    parts.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(parts, 1), whole, **TOL)

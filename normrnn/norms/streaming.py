@@ -49,10 +49,10 @@ class Streaming(base.SiteNorm):
     del x
     m = mask.astype(a.dtype)[..., None]
     if a.ndim == 3:  # hoisted [batch, time, features]: running sums are cumulative sums
-      n = jnp.cumsum(m, axis=1)
-      s1 = jnp.cumsum(a * m, axis=1)
-      s2 = jnp.cumsum(jnp.square(a) * m, axis=1)
-      new_state = state
+      n = state['n'][:, None] + jnp.cumsum(m, axis=1)
+      s1 = state['s1'][:, None] + jnp.cumsum(a * m, axis=1)
+      s2 = state['s2'][:, None] + jnp.cumsum(jnp.square(a) * m, axis=1)
+      new_state = dict(n=n[:, -1], s1=s1[:, -1], s2=s2[:, -1])
     else:  # one step inside the loop: running sums are carried
       n = state['n'] + m
       s1 = state['s1'] + a * m
