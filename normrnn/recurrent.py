@@ -127,7 +127,8 @@ class Recurrent(nn.Module):
     lookup = {}
     for site, (mean, var) in tables.items():
       if site in per_step:
-        lookup[site] = dict(mean=mean.value[positions], var=var.value[positions])
+        lookup[site] = dict(mean=jnp.take(mean.value, positions, axis=0),
+                            var=jnp.take(var.value, positions, axis=0))
       else:
         lookup[site] = dict(mean=mean.value, var=var.value)
 

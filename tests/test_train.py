@@ -1,0 +1,96 @@
+"""End to end: a smoke training run per task and per scheme, results.json / metrics.jsonl /
+config.json, automatic and exact resume, and config mismatch on resume."""
+import json
+import os
+
+import pytest
+
+from configs import common, digits, pmnist, ptb_char, smnist, text8
+from normrnn import config_check, trainer
+from normrnn.norms import NORMS
+from tests.test_data import mnist_dir, ptb_dir, text8_dir  # noqa: F401  (pytest fixtures)
+
+
+def _smoke(module, arg='norm=batch', **overrides):
+  config = module.get_config(f'{arg},size=smoke')
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.train.progress_bar = False
+  return config
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _check_outputs(workdir, kind):
+  for name in ('config.json', 'metrics.jsonl', 'results.json'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  metric = 'acc' if kind == 'classify' else 'bpc'
+  assert f'test/{metric}' in results['metrics']
+  assert len(results['params_digest']) == 64
+  for key in ('best_step', 'wall_time_s', 'hardware', 'data'):
+    assert key in results
+  keys = set().union(*(r.keys() for r in _read_jsonl(os.path.join(workdir, 'metrics.jsonl'))))
+  assert {'step', 'train/loss', f'train/{metric}', 'train/grad_norm', f'val/{metric}'} <= keys
+  return results
+
+
+@pytest.mark.parametrize('module, fixture, name', [
+    (smnist, 'mnist_dir', 'mnist'), (pmnist, 'mnist_dir', 'mnist'),
+    (ptb_char, 'ptb_dir', 'ptb_char'), (text8, 'text8_dir', 'text8'), (digits, None, 'digits')])
+def test_smoke_run_per_task(module, fixture, name, request, tmp_path):
+  overrides = {'data.name': name}
+  if module is ptb_char:
+    overrides['eval.full_stream'] = True  # the paper's batch-1 whole-test-set evaluation
+  if fixture:
+    overrides['data.dir'] = str(request.getfixturevalue(fixture))
+  config = _smoke(module, **overrides)
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  _check_outputs(str(tmp_path / 'run'), 'classify' if module in (smnist, pmnist, digits) else 'lm')
+  assert results['metrics']['test_batch/loss'] > 0  # batch-statistics evaluation ran
+  if module is ptb_char:
+    assert results['metrics']['test_stream/bpc'] > 0
+
+
+@pytest.mark.parametrize('norm', list(NORMS))
+def test_smoke_run_per_scheme(norm, tmp_path):
+  results = trainer.train_and_evaluate(_smoke(digits, f'norm={norm}'), str(tmp_path))
+  assert results['norm'] == norm
+  assert 0.0 <= results['metrics']['test/acc'] <= 1.0
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+  full = trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 6}), str(tmp_path / 'a'))
+  # "Interrupted" after 4 steps (its last checkpoint), then the same command with 6 steps.
+  trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 4}), str(tmp_path / 'b'))
+  resumed = trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 6}),
+                                       str(tmp_path / 'b'))
+  assert resumed['params_digest'] == full['params_digest']
+  steps = [r['step'] for r in _read_jsonl(tmp_path / 'b' / 'metrics.jsonl') if 'train/loss' in r]
+  assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_resume_with_a_different_config_fails_clearly(tmp_path):
+  trainer.train_and_evaluate(_smoke(digits), str(tmp_path))
+  with pytest.raises(config_check.ConfigError, match='optimizer.learning_rate'):
+    trainer.train_and_evaluate(_smoke(digits, **{'optimizer.learning_rate': 0.5}), str(tmp_path))
+
+
+def test_bad_config_fails_before_data_is_touched(tmp_path):
+  config = _smoke(smnist, **{'data.dir': str(tmp_path / 'nothing_here'),
+                             'model.norm.gamma_init': 0.0})
+  with pytest.raises(config_check.ConfigError, match='gamma_init'):
+    trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_gamma_table_is_what_configs_use():
+  assert digits.get_config('norm=layer').model.norm.gamma_init == common.GAMMA_INIT['layer']
