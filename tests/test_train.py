@@ -94,3 +94,35 @@ def test_bad_config_fails_before_data_is_touched(tmp_path):
 
 def test_gamma_table_is_what_configs_use():
   assert digits.get_config('norm=layer').model.norm.gamma_init == common.GAMMA_INIT['layer']
+
+
+def test_non_finite_loss_stops_with_step_window_and_keeps_last_good_checkpoint(tmp_path,
+                                                                               monkeypatch):
+  real_make_task = trainer.make_task
+
+  def poisoned(data_cfg, seed):
+    task = real_make_task(data_cfg, seed)
+    clean = task.train_batch
+
+    def train_batch(step):
+      batch = dict(clean(step))
+      if step >= 2:  # steps 3 and 4 (1-based) see NaN pixels
+        batch['inputs'] = batch['inputs'] * float('nan')
+      return batch
+
+    task.train_batch = train_batch
+    return task
+
+  monkeypatch.setattr(trainer, 'make_task', poisoned)
+  config = _smoke(digits, **{'train.log_every_steps': 2, 'train.checkpoint_every_steps': 2,
+                             'train.eval_every_steps': 100})
+  with pytest.raises(FloatingPointError, match='between steps 3 and 4'):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [2]
+  monkeypatch.setattr(trainer, 'make_task', real_make_task)
+  results = trainer.train_and_evaluate(_smoke(digits, **{'train.log_every_steps': 2,
+                                                        'train.checkpoint_every_steps': 2,
+                                                        'train.eval_every_steps': 100}),
+                                       str(tmp_path))
+  assert results['final_step'] == 4
