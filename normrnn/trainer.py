@@ -180,7 +180,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if os.path.exists(best_path):
       with open(best_path) as f:
         best = json.load(f)
-    logging.info('resumed from step %d', start)
+    print(f'Resuming from the checkpoint at step {start} in {workdir}', file=sys.stderr)
   writer = MetricWriter(workdir, config=config_dict, wandb_mode=config.wandb.mode,
                         wandb_project=config.wandb.project, wandb_group=config.wandb.group,
                         wandb_name=config.wandb.name or os.path.basename(os.path.abspath(workdir)),
