@@ -74,6 +74,9 @@ def validate(config) -> None:
   _choice('data.pixel_order', d.pixel_order, ('scanline', 'permuted', 'with_replacement'))
   for name in ('seq_len', 'batch_size', 'eval_batch_size'):
     _positive(f'data.{name}', d[name])
+  if d.name in ('ptb_char', 'ptb_char_valid', 'text8') and d.seq_len < 2:
+    _fail(f'data.seq_len={d.seq_len} gives no prediction step: a language-model segment of '
+          'length L has L - 1 predictions; use data.seq_len >= 2 (the paper: 100 PTB, 180 text8)')
   _choice('model.cell', m.cell, tuple(cells.CELLS))
   _choice('model.recurrent_init', m.recurrent_init, inits.RECURRENT_INITS)
   for name in ('hidden', 'layers', 'unroll'):

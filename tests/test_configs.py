@@ -81,6 +81,8 @@ def test_unknown_argument_lists_valid_ones():
     ('train.num_steps', 0, 'train.num_steps must be >= 1'),
     ('data.batch_size', 1, 'batch statistics are undefined at batch size 1'),
     ('data.seq_len', 0, 'data.seq_len must be >= 1'),
+    ('data.seq_len', 1, 'gives no prediction step'),
+    ('eval.stream_chunk', 0, 'eval.stream_chunk must be >= 1'),
     ('eval.select_metric', 'val/acc', 'choose one of'),
     ('model.norm.name', 'bn', 'choose one of: none, batch'),
     ('optimizer.name', 'sgd', 'choose one of: rmsprop, adam'),
