@@ -1,0 +1,269 @@
+"""The experiment scripts (experiments/*.py, scripts/sweep.py) on tiny settings."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits, ptb_char
+from normrnn import trainer
+from tests.test_data import ptb_dir, write_idx  # noqa: F401  (ptb_dir is a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
+
+
+def _load(relative: str):
+  """Imports a script of the repository by path (experiments/ and scripts/ are not packages)."""
+  path = ROOT / relative
+  spec = importlib.util.spec_from_file_location(path.stem + '_under_test', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+gradient_flow = _load('experiments/gradient_flow.py')
+tanh_grad = _load('experiments/tanh_grad.py')
+compare = _load('experiments/compare.py')
+length_generalization = _load('experiments/length_generalization.py')
+sweep = _load('scripts/sweep.py')
+
+
+# --- gradient_flow (Fig. 4a) -----------------------------------------------------------------
+
+@pytest.fixture
+def random_mnist(tmp_path) -> Path:
+  """t10k files of 16 random images: pixels vary across the batch from step 0."""
+  d = tmp_path / 'mnist'
+  d.mkdir()
+  rng = np.random.default_rng(0)
+  write_idx(d / 't10k-images-idx3-ubyte.gz', rng.integers(0, 256, (16, 28, 28)))
+  write_idx(d / 't10k-labels-idx1-ubyte.gz', np.arange(16) % 10)
+  return d
+
+
+def _reference_grads(params, x, y, eps=1e-5):
+  """dL/dh_t for every t and dL/dh_T, by hand in float64 numpy (no autodiff): a plain loop
+  h_t = tanh(gamma * (a_t - mean) / sqrt(var + eps) + beta), a_t = W_x x_t + W_h h_{t-1} + b,
+  with batch moments per step, head on h_T, L = mean cross-entropy; then backprop through it."""
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+  c, head = p['rnn']['layer_0']['cell'], p['head']
+  gamma, beta = c['sum_norm']['gamma'], c['sum_norm']['beta']
+  batch, length = x.shape[:2]
+  h = np.broadcast_to(c['h0'], (batch, len(gamma)))
+  cache = []
+  for t in range(length):
+    a = x[:, t].astype(np.float64) @ c['kernel_x'] + h @ c['kernel_h'] + c['bias']
+    std = np.sqrt(a.var(0) + eps)
+    xhat = (a - a.mean(0)) / std
+    h = np.tanh(gamma * xhat + beta)
+    cache.append((xhat, std, h))
+  logits = h @ head['kernel'] + head['bias']
+  prob = np.exp(logits - logits.max(1, keepdims=True))
+  prob /= prob.sum(1, keepdims=True)
+  final = (prob - np.eye(logits.shape[1])[y]) / batch @ head['kernel'].T  # dL/dh_T directly
+  grads = np.zeros((batch, length, len(gamma)))
+  g = final
+  for t in range(length - 1, -1, -1):
+    grads[:, t] = g
+    xhat, std, h = cache[t]
+    dxhat = g * (1.0 - h * h) * gamma
+    da = (dxhat - dxhat.mean(0) - xhat * (dxhat * xhat).mean(0)) / std
+    g = da @ c['kernel_h'].T
+  return grads, final
+
+
+def test_gradient_flow_matches_a_plain_loop(tmp_path, random_mnist):
+  batch, length, gammas = 8, 20, (0.1, 1.0)
+  result = gradient_flow.run(str(tmp_path / 'out'), str(random_mnist), batch, length, gammas,
+                             progress=False)
+  saved = json.loads((tmp_path / 'out' / 'gradient_flow.json').read_text())
+  assert (tmp_path / 'out' / 'gradient_flow.png').stat().st_size > 0
+  for key in ('gammas', 't', 'log10_grad_norm', 'paper', 'command', 'data', 'notes'):
+    assert key in saved
+  assert saved['t'] == list(range(length)) and saved['gammas'] == [0.1, 1.0]
+  assert set(saved['log10_grad_norm']) == {'0.1', '1.0'}
+  assert saved['paper']['log10_grad_norm']['0.1'] == [-2.0, -2.9, -3.1, -3.1, -3.1]
+
+  x, y = gradient_flow.load_batch(str(random_mnist), batch, length)
+  for gamma in gammas:
+    curve = saved['log10_grad_norm'][gradient_flow.gamma_key(gamma)]
+    assert len(curve) == length and all(v is not None and math.isfinite(v) for v in curve)
+    model = gradient_flow.build_model(gamma, 100, 784)
+    variables = gradient_flow.init_variables(model, x, 0)  # as run() does (cached compile)
+    np.testing.assert_allclose(
+        variables['params']['rnn']['layer_0']['cell']['sum_norm']['gamma'], gamma, rtol=1e-7)
+    ours = np.asarray(gradient_flow.probe_gradients(model, variables, x, y,
+                                                    jax.random.PRNGKey(1)))
+    ref, final = _reference_grads(variables['params'], x, y)
+    rel = np.linalg.norm(ours - ref, axis=(0, 2)) / np.linalg.norm(ref, axis=(0, 2))
+    assert rel.max() < 1e-3, rel
+    np.testing.assert_allclose(ours[:, -1], final, rtol=1e-4, atol=1e-8)  # dL/dh_T
+    np.testing.assert_allclose(curve, np.log10(gradient_flow.mean_norm(ref)), atol=1e-3)
+  # Over 20 steps back, gamma 1.0 (saturated tanh) loses far more gradient than gamma 0.1.
+  g01, g10 = (np.array(result['log10_grad_norm'][k]) for k in ('0.1', '1.0'))
+  assert g10[0] - g10[-1] < g01[0] - g01[-1] - 1.0
+
+
+def test_gradient_flow_nonfinite_values_become_null():
+  values, kinds = gradient_flow.to_log10(np.array([1e-3, 0.0, np.inf, np.nan, 1.0]))
+  assert values == [-3.0, None, None, None, 0.0]
+  assert kinds == {'zero': [1], 'inf': [2], 'nan': [3]}
+  # Right to left, the first value under 1e-26 or underflowed to 0; overflow (NaN) is not.
+  assert gradient_flow.crossing([None, -30.0, -3.0, -2.0], zero_t=()) == 1
+  assert gradient_flow.crossing([None, -20.0, -3.0, -2.0], zero_t=()) is None
+  assert gradient_flow.crossing([None, -20.0, -3.0, -2.0], zero_t=(0,)) == 0
+  # Norms of tiny float32 gradients do not underflow when squared.
+  assert gradient_flow.mean_norm(np.full((1, 1, 4), 1e-30, np.float32))[0] == pytest.approx(
+      2e-30, rel=1e-6)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.exists(), reason='needs ../shared/data/mnist')
+def test_gradient_flow_real_mnist(tmp_path):
+  """The paper's setting (784 steps, 100 test images) with gamma 0.1 and 1.0."""
+  r = gradient_flow.run(str(tmp_path), str(SHARED_MNIST), 100, 784, (0.1, 1.0), progress=False)
+  g01, g10 = r['log10_grad_norm']['0.1'], r['log10_grad_norm']['1.0']
+  assert g01[783] == pytest.approx(-2.0, abs=0.1) and g10[783] == pytest.approx(-2.0, abs=0.1)
+  assert all(-3.5 < v < -1.5 for v in g01[200:])       # gamma 0.1: roughly flat near 1e-3
+  assert g10[400] < -20 and g10[600] < g01[600] - 10    # gamma 1.0: vanishes going back
+  # Non-finite values only where all 100 images have seen only zero pixels (zero variance).
+  first = r['data']['first_step_with_batch_variance']
+  assert first == 65
+  for kinds in r['nonfinite_t'].values():
+    assert all(t < first for ts in kinds.values() for t in ts)
+
+
+# --- tanh_grad (Fig. 4b) ---------------------------------------------------------------------
+
+def test_tanh_grad(tmp_path):
+  r = tanh_grad.run(str(tmp_path), progress=False)
+  mean = np.array(r['mean'])
+  assert len(mean) == 1000 and mean[0] == 1.0
+  assert abs(mean[-1] - 0.606) < 0.02
+  assert np.all(np.diff(mean) <= 1e-12)
+  assert np.all(np.array(r['q25']) <= mean + 1e-12) and np.all(mean <= np.array(r['q75']) + 0.05)
+  np.testing.assert_allclose(r['reference']['exact'], r['reference']['paper_spec'], atol=1e-3)
+  assert (tmp_path / 'tanh_grad.png').exists() and (tmp_path / 'tanh_grad.json').exists()
+
+
+# --- compare ---------------------------------------------------------------------------------
+
+def _fake_run(path: Path, norm: str, gamma: float, results: bool):
+  path.mkdir()
+  lines = [{'step': s, 'time': 0, 'train/loss': 2.0 / s, 'train/acc': 0.1 * s} for s in (1, 2, 3)]
+  lines.append({'step': 3, 'time': 0, 'val/loss': 1.5, 'val_batch/error': None})
+  (path / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+  (path / 'config.json').write_text(json.dumps(
+      {'task': 'digits', 'model': {'norm': {'name': norm, 'gamma_init': gamma}}}))
+  if results:
+    (path / 'results.json').write_text(json.dumps(
+        {'metrics': {'test/acc': 0.9, 'test/loss': 0.3}, 'best_step': 3, 'wall_time_s': 12.5}))
+
+
+def test_compare(tmp_path):
+  _fake_run(tmp_path / 'run_lstm', 'none', 1.0, results=True)
+  _fake_run(tmp_path / 'run_bn', 'batch', 0.1, results=False)
+  out = tmp_path / 'out'
+  pngs = compare.compare([str(tmp_path / 'run_lstm'), str(tmp_path / 'run_bn')], str(out))
+  assert set(pngs) == {'train/loss', 'train/acc', 'val/loss', 'val_batch/error'}
+  assert (out / 'train_loss.png').exists() and (out / 'val_loss.png').exists()
+  assert pngs['val_batch/error'] is None  # only nulls: nothing to draw
+  summary = (out / 'summary.md').read_text()
+  assert 'run_lstm' in summary and 'run_bn' in summary
+  assert '| run_lstm | digits | none | 1 | 3 | 0.9 | 0.3 | 12.5 |' in summary
+  assert 'no results.json' in summary
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+def test_sweep_dry_run_lists_every_point(tmp_path, capsys):
+  assert sweep.main(['--config', 'configs/digits.py:size=smoke', '--workdir', str(tmp_path),
+                     '--dry-run', '--config.train.num_steps=3']) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  points = digits.get_sweep()
+  assert len(lines) == len(points)
+  for line, point in zip(lines, points):
+    for key, value in point.items():
+      assert f'--config.{key}={value}' in line
+    assert '--config.train.num_steps=3' in line and '--config.wandb.group=digits/' in line
+    assert f'--workdir={tmp_path / sweep.point_name(point)}' in line
+  assert sweep.point_name({'model.norm.gamma_init': 0.3}) == 'gamma_init-0.3'
+  assert sweep.point_name({'model.norm.name': 'none'}) == 'name-none'
+
+
+def test_sweep_runs_then_skips_finished_points(tmp_path):
+  config = tmp_path / 'tiny_sweep.py'
+  config.write_text(
+      'from configs import digits\n\n\n'
+      'def get_config(arg=None):\n  return digits.get_config(arg)\n\n\n'
+      'def get_sweep(arg=None):\n  return [{"seed": 0}, {"seed": 1}]\n')
+  cmd = [sys.executable, str(ROOT / 'scripts' / 'sweep.py'),
+         '--config', f'{config}:norm=none,size=smoke', '--workdir', str(tmp_path / 'sweep'),
+         '--config.train.num_steps=2', '--config.train.progress_bar=False',
+         '--config.wandb.tensorboard=False']
+  # Runs one at a time; the second reuses the first's compilations (speed only).
+  env = dict(os.environ, WANDB_MODE='disabled', JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  for name in ('seed-0', 'seed-1'):
+    assert (tmp_path / 'sweep' / name / 'results.json').exists()
+    assert (tmp_path / 'sweep' / name / 'train.log').read_text().strip()
+    assert f'| {name} | ok' in out.stdout
+  assert 'test/acc=' in out.stdout
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+  assert again.returncode == 0 and again.stdout.count('skipped (finished)') == 2
+
+
+def test_sweep_names_a_failed_point(tmp_path):
+  config = tmp_path / 'bad_sweep.py'
+  config.write_text(
+      'from configs import digits\n\n\n'
+      'def get_config(arg=None):\n  return digits.get_config(arg)\n\n\n'
+      'def get_sweep(arg=None):\n  return [{"model.norm.gamma_init": -1.0}]\n')
+  out = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'sweep.py'), '--config',
+                        f'{config}:size=smoke', '--workdir', str(tmp_path / 'sweep')],
+                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1
+  assert 'failed: gamma_init--1.0' in out.stderr
+  log = tmp_path / 'sweep' / 'gamma_init--1.0' / 'train.log'
+  assert 'gamma_init must be > 0' in log.read_text()
+
+
+# --- length_generalization (Fig. 2b) ---------------------------------------------------------
+
+def test_length_generalization(tmp_path, ptb_dir, monkeypatch):  # noqa: F811
+  config = ptb_char.get_config('norm=batch,size=smoke')
+  with config.unlocked():
+    config.data.name = 'ptb_char'
+    config.data.dir = str(ptb_dir)
+    config.train.num_steps = 2
+    config.train.progress_bar = False
+    config.wandb.tensorboard = False
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'bn'))
+  out = tmp_path / 'lengths'
+  monkeypatch.setattr(sys, 'argv', ['length_generalization.py', '--runs',
+                                    f'BN={tmp_path / "bn"}', '--out', str(out),
+                                    '--lengths', '6,12,30'])
+  length_generalization.main()
+  r = json.loads((out / 'length_generalization.json').read_text())
+  assert r['lengths'] == [6, 12, 30]  # 30: beyond the training length (T_max = 11)
+  assert set(r['bpc']) == {'BN, population stats', 'BN, batch stats'}
+  assert all(len(v) == 3 and all(math.isfinite(x) for x in v) for v in r['bpc'].values())
+  assert r['paper']['bpc']['LSTM'][0] == 1.449
+  # At the training length (seq_len 12) the numbers are the trainer's own test numbers.
+  assert r['bpc']['BN, population stats'][1] == pytest.approx(results['metrics']['test/bpc'],
+                                                              rel=1e-4)
+  assert r['bpc']['BN, batch stats'][1] == pytest.approx(results['metrics']['test_batch/bpc'],
+                                                         rel=1e-4)
+  assert (out / 'length_generalization.png').exists()
