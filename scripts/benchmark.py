@@ -1,0 +1,297 @@
+"""Train-step speed of every normrnn scheme beside flax's OptimizedLSTMCell, in one process.
+
+    python scripts/benchmark.py --shape smnist|ptb --json OUT [--reps N] [--schemes a,b,...]
+        [--unroll N] [--remat] [--eval-length L] [--no-torch]
+
+One float32 train step = forward + backward over the whole sequence + optax Adam update
+(softmax cross-entropy, mean over the targets), jitted; compile (`.lower().compile()`) timed
+apart as compile_s; 2 warm-up steps; `--reps` timed steps (`jax.block_until_ready`) taken
+round-robin over the models so that machine noise hits all alike; the median is reported.
+Models: flax_optimized_lstm = `nn.RNN(nn.OptimizedLSTMCell(H))` + Dense, the reference (unroll
+1 always: --unroll/--remat go to the normrnn models as RNNSpec.unroll/remat); one per scheme of
+`normrnn.norms.NORMS` (`models.SequenceClassifier` for smnist, `models.CharLM` for ptb; gamma
+0.1 for the BN family, 1.0 otherwise; W_h orthogonal; max_time_steps = the sequence length);
+torch_lstm = `torch.nn.LSTM` + Linear + Adam when torch imports (threads = CPU count).
+
+gflops = nominal matmul FLOPs of one train step / median time, the same count for every model:
+forward = 2 * B * T * (D * 4H + H * 4H)  (LSTM input and recurrent matmuls; one-hot inputs
+counted as a dense matmul) + 2 * B * T_out * H * C (head; T_out = T for ptb, 1 for smnist), and
+train step = 3 x forward (backward = two matmuls per forward matmul). Normalization arithmetic
+and elementwise gate math are not counted. matmul_gflops = best of 10 runs of a jitted
+2048x2048 float32 matmul, measured before and after the models (the higher is kept).
+peak_memory_mb = XLA's static buffer assignment of the compiled step
+(`compiled.memory_analysis()`: argument + output + temp bytes, 1 MB = 1e6 bytes): an estimate
+of the step's device-memory peak from the compiler, not a measured process RSS.
+--eval-length L adds an "eval" entry: median time and memory of one jitted eval forward pass
+(population statistics, train=False) of L steps, same batch size.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from normrnn import models  # noqa: E402
+from normrnn.norms import NORMS, NormOptions  # noqa: E402
+
+SHAPES = {  # per_step: loss at every step; stats_rate as in the paper's code (README)
+    'smnist': dict(batch=64, length=784, features=1, hidden=100, classes=10, per_step=False,
+                   stats_rate=0.01),
+    'ptb': dict(batch=64, length=100, features=50, hidden=1000, classes=50, per_step=True,
+                stats_rate=0.05),
+}
+BN_FAMILY = ('batch', 'batch_input', 'sequence')
+REF, TORCH = 'flax_optimized_lstm', 'torch_lstm'
+
+
+def forward_flops(s, length):
+  b, d, h, c = s['batch'], s['features'], s['hidden'], s['classes']
+  return 2 * b * length * (d * 4 * h + h * 4 * h) + 2 * b * (length if s['per_step'] else 1) * h * c
+
+
+def make_batch(s, length, seed=0):
+  rng, b = np.random.default_rng(seed), s['batch']
+  if s['per_step']:  # ptb: integer symbols in, next symbols out, loss at every step
+    inputs = rng.integers(0, s['features'], (b, length)).astype(np.int32)
+    targets = rng.integers(0, s['classes'], (b, length)).astype(np.int32)
+  else:  # smnist: one pixel per step, one label per sequence
+    inputs = rng.random((b, length, 1), dtype=np.float32)
+    targets = rng.integers(0, s['classes'], (b,)).astype(np.int32)
+  return dict(inputs=jnp.asarray(inputs), mask=jnp.ones((b, length), jnp.float32),
+              targets=jnp.asarray(targets))
+
+
+class FlaxLSTM(nn.Module):
+  """The reference: flax's fused-gate LSTM cell in nn.RNN, Dense head (mask unused: all valid)."""
+  hidden: int
+  classes: int
+  per_step: bool
+  one_hot: int = 0
+
+  @nn.compact
+  def __call__(self, x, mask=None, *, train=True):
+    del mask, train
+    if self.one_hot:
+      x = jax.nn.one_hot(x, self.one_hot, dtype=jnp.float32)
+    h = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+    return nn.Dense(self.classes)(h if self.per_step else h[:, -1])
+
+
+def build_model(name, s, args):
+  if name == REF:
+    return FlaxLSTM(s['hidden'], s['classes'], s['per_step'],
+                    s['features'] if s['per_step'] else 0)
+  spec = models.RNNSpec(
+      cell='lstm', hidden=s['hidden'], layers=1, norm=name,
+      options=NormOptions(gamma_init=0.1 if name in BN_FAMILY else 1.0, eps=1e-5,
+                          streaming_mix=0.5),
+      recurrent_init='orthogonal', forget_bias=1.0, h0_noise=0.0, max_time_steps=s['length'],
+      stats_rate=s['stats_rate'], unroll=args.unroll, remat=args.remat)
+  if s['per_step']:
+    return models.CharLM(spec, vocab_size=s['classes'])
+  return models.SequenceClassifier(spec, num_classes=s['classes'])
+
+
+def make_step(model, tx):
+  def loss_fn(params, stats, batch):
+    variables = {'params': params, **({'batch_stats': stats} if stats else {})}
+    logits, updated = model.apply(variables, batch['inputs'], batch['mask'], train=True,
+                                  mutable=['batch_stats'])
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets']).mean()
+    return loss, updated.get('batch_stats', stats)
+
+  def step(params, stats, opt_state, batch):
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), stats, opt_state, loss
+
+  return step
+
+
+def memory_mb(compiled):
+  m = compiled.memory_analysis()  # None (or an error) where the backend does not report it
+  return None if m is None else (m.argument_size_in_bytes + m.output_size_in_bytes
+                                 + m.temp_size_in_bytes) / 1e6
+
+
+def timed(fn):
+  t = time.perf_counter()
+  jax.block_until_ready(fn())  # torch's step returns a float: a no-op there
+  return time.perf_counter() - t
+
+
+class JaxBench:
+  """One model: compiled train step, its state, and its timings."""
+
+  def __init__(self, name, model, batch, tx):
+    self.name, self.model, self.batch, self.times = name, model, batch, []
+    variables = jax.jit(lambda k: model.init(k, batch['inputs'], batch['mask'], train=True))(
+        jax.random.PRNGKey(0))
+    params, stats = variables['params'], variables.get('batch_stats', {})
+    self.state = (params, stats, tx.init(params))
+    t = time.perf_counter()
+    self.compiled = jax.jit(make_step(model, tx)).lower(*self.state, batch).compile()
+    self.compile_s = time.perf_counter() - t
+    self.memory_mb = memory_mb(self.compiled)
+
+  def step(self):
+    params, stats, opt_state, loss = self.compiled(*self.state, self.batch)
+    self.state = (params, stats, opt_state)
+    return loss
+
+  def rep(self):
+    self.times.append(timed(self.step))
+
+
+class TorchBench:
+  """torch.nn.LSTM + Linear head + Adam on the same shapes (CPU, threads = CPU count)."""
+
+  def __init__(self, s, batch):
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    self.torch, self.s, self.times = torch, s, []
+    self.lstm = torch.nn.LSTM(s['features'], s['hidden'], batch_first=True)
+    self.head = torch.nn.Linear(s['hidden'], s['classes'])
+    self.opt = torch.optim.Adam(list(self.lstm.parameters()) + list(self.head.parameters()))
+    x = torch.as_tensor(np.array(batch['inputs']))
+    if s['per_step']:
+      x = torch.nn.functional.one_hot(x.long(), s['features']).float()
+    self.x, self.y = x, torch.as_tensor(np.array(batch['targets'])).long()
+    self.compile_s, self.memory_mb = None, None
+
+  def step(self):
+    self.opt.zero_grad(set_to_none=True)
+    h, _ = self.lstm(self.x)
+    logits = self.head(h if self.s['per_step'] else h[:, -1])
+    loss = self.torch.nn.functional.cross_entropy(logits.reshape(-1, self.s['classes']),
+                                                  self.y.reshape(-1))
+    loss.backward()
+    self.opt.step()
+    return loss.item()
+
+  rep = JaxBench.rep
+
+
+def matmul_gflops(n=2048, reps=10):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  x, y = jax.random.normal(k1, (n, n)), jax.random.normal(k2, (n, n))
+  mm = jax.jit(jnp.matmul)
+  jax.block_until_ready(mm(x, y))
+  return 2 * n ** 3 / min(timed(lambda: mm(x, y)) for _ in range(reps)) / 1e9
+
+
+def eval_bench(benches, s, length, reps):
+  """Median time and memory of one eval forward pass (train=False) of `length` steps."""
+  batch = make_batch(s, length, seed=1)
+  runs, out = {}, dict(length=length, ms={}, peak_memory_mb={})
+  for name, b in benches.items():
+    params, stats, _ = b.state
+    variables = {'params': params, **({'batch_stats': stats} if stats else {})}
+    fwd = jax.jit(lambda v, x, m, model=b.model: model.apply(v, x, m, train=False))
+    compiled = fwd.lower(variables, batch['inputs'], batch['mask']).compile()
+    out['peak_memory_mb'][name] = memory_mb(compiled)
+    runs[name] = lambda c=compiled, v=variables: c(v, batch['inputs'], batch['mask'])
+    jax.block_until_ready(runs[name]())
+  times = {name: [] for name in runs}
+  for _ in range(reps):
+    for name, run in runs.items():
+      times[name].append(timed(run))
+  out['ms'] = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+  return out
+
+
+def fmt(v, spec):
+  return '-' if v is None else format(v, spec)
+
+
+def cpu_name():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--shape', choices=sorted(SHAPES), required=True)
+  p.add_argument('--json', required=True, help='output file')
+  p.add_argument('--reps', type=int, default=5)
+  p.add_argument('--schemes', default=','.join(NORMS), help='comma-separated NORMS keys')
+  p.add_argument('--unroll', type=int, default=1, help='RNNSpec.unroll of the normrnn models')
+  p.add_argument('--remat', action='store_true', help='RNNSpec.remat of the normrnn models')
+  p.add_argument('--eval-length', type=int, default=0, help='also time an eval forward pass')
+  p.add_argument('--no-torch', action='store_true', help='skip the torch column')
+  args = p.parse_args(argv)
+  schemes = [x for x in args.schemes.split(',') if x]
+  if any(x not in NORMS for x in schemes):
+    p.error(f'unknown scheme in {schemes}; valid: {", ".join(NORMS)}')
+  s = SHAPES[args.shape]
+  batch, tx = make_batch(s, s['length']), optax.adam(1e-3)
+  flops = 3 * forward_flops(s, s['length'])
+  peak = matmul_gflops()
+
+  benches = {}
+  for name in [REF] + schemes:
+    print(f'compiling {name} ...', file=sys.stderr, flush=True)
+    benches[name] = JaxBench(name, build_model(name, s, args), batch, tx)
+  if not args.no_torch:
+    try:
+      benches[TORCH] = TorchBench(s, batch)
+    except ImportError:
+      print('torch not importable: no torch column', file=sys.stderr)
+  for b in benches.values():  # warm-up
+    for _ in range(2):
+      jax.block_until_ready(b.step())
+  for i in range(args.reps):  # round-robin: noise hits every model alike
+    for b in benches.values():
+      b.rep()
+    print(f'rep {i + 1}/{args.reps} done', file=sys.stderr, flush=True)
+  peak = max(peak, matmul_gflops())
+  ms = {k: 1e3 * statistics.median(b.times) for k, b in benches.items()}
+  dev = jax.devices()[0]
+  result = dict(
+      shape=args.shape, device=f'{dev} {dev.device_kind} ({cpu_name()}, {os.cpu_count()} cores)',
+      date=datetime.datetime.now().isoformat(timespec='seconds'),
+      command=' '.join(['python'] + sys.argv), matmul_gflops=peak, ms=ms,
+      ratio_to_flax={k: v / ms[REF] for k, v in ms.items()},
+      gflops={k: flops / (v / 1e3) / 1e9 for k, v in ms.items()},
+      peak_memory_mb={k: b.memory_mb for k, b in benches.items()},
+      compile_s={k: b.compile_s for k, b in benches.items()})
+  if args.eval_length:
+    jax_benches = {k: b for k, b in benches.items() if isinstance(b, JaxBench)}
+    result['eval'] = eval_bench(jax_benches, s, args.eval_length, args.reps)
+  with open(args.json, 'w') as f:
+    json.dump(result, f, indent=2)
+
+  print(f'\n{args.shape}: B={s["batch"]} T={s["length"]} D={s["features"]} H={s["hidden"]} '
+        f'C={s["classes"]}, {flops / 1e9:.2f} GFLOP/step, matmul peak {peak:.0f} GFLOP/s, '
+        f'{args.reps} reps, unroll {args.unroll}, remat {args.remat}\n')
+  print('| model | median ms | ratio to flax | GFLOP/s | % of matmul peak | memory MB | '
+        'compile s |\n|---|---|---|---|---|---|---|')
+  for k in ms:
+    g = result['gflops'][k]
+    print(f'| {k} | {ms[k]:.1f} | {result["ratio_to_flax"][k]:.2f} | {g:.1f} | '
+          f'{100 * g / peak:.0f}% | {fmt(result["peak_memory_mb"][k], ".1f")} | '
+          f'{fmt(result["compile_s"][k], ".1f")} |')
+  if args.eval_length:
+    e = result['eval']
+    print(f'\neval forward, {e["length"]} steps, batch {s["batch"]}\n')
+    print('| model | median ms | memory MB |\n|---|---|---|')
+    for k, v in e['ms'].items():
+      print(f'| {k} | {v:.1f} | {fmt(e["peak_memory_mb"][k], ".1f")} |')
+
+
+if __name__ == '__main__':
+  main()

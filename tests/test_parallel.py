@@ -1,0 +1,131 @@
+"""Data parallelism (normrnn.parallel): a train step on a batch sharded over 4 forced CPU devices
+equals the same step on one device, batch-norm statistics included (GSPMD reduces the moments
+over the global batch)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from normrnn import models, parallel
+from normrnn.norms import NormOptions
+from normrnn.trainer import TrainState, make_train_step
+
+NDEV = 4
+pytestmark = pytest.mark.skipif(
+    len(jax.devices()) != NDEV,
+    reason=f'needs {NDEV} devices (tests/conftest.py forces 4 host devices through XLA_FLAGS '
+           'before jax is imported); got a different device count')
+
+BATCH, LENGTH, FEATURES, HIDDEN, CLASSES = 8, 6, 2, 8, 3
+
+
+def _model(norm):
+  gamma = 0.1 if norm == 'batch' else 1.0
+  spec = models.RNNSpec(
+      cell='lstm', hidden=HIDDEN, layers=1, norm=norm,
+      options=NormOptions(gamma_init=gamma, eps=1e-5, streaming_mix=0.5),
+      recurrent_init='orthogonal', forget_bias=1.0, h0_noise=0.0, max_time_steps=LENGTH,
+      stats_rate=0.1, unroll=1, remat=False)
+  return models.SequenceClassifier(spec, num_classes=CLASSES)
+
+
+def _batch(batch=BATCH, seed=0):
+  rng = np.random.default_rng(seed)
+  mask = np.ones((batch, LENGTH), np.float32)
+  mask[1, 4:] = 0  # one shorter sequence: padding must stay out of the statistics
+  return dict(inputs=rng.normal(size=(batch, LENGTH, FEATURES)).astype(np.float32),
+              mask=mask, targets=rng.integers(0, CLASSES, batch).astype(np.int32),
+              weights=np.ones(batch, np.float32))
+
+
+def _setup(norm):
+  model = _model(norm)
+  # SGD with momentum, not Adam: Adam divides each coordinate by its own gradient scale, so a
+  # gradient that is zero in exact arithmetic but ~1e-7 of float noise becomes an lr-sized step of
+  # random sign. That happens here: with recurrent BN, h_0 is shared by all examples, so the BN of
+  # W_h h_0 removes it and dL/dh_0 = 0 up to rounding. Comparing such steps would compare float
+  # summation orders, not the parallel semantics.
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
+  batch = _batch()
+  init_key, noise_key, train_key = jax.random.split(jax.random.PRNGKey(0), 3)
+  variables = model.init({'params': init_key, 'noise': noise_key}, batch['inputs'],
+                         batch['mask'], train=True)
+  state = TrainState(step=jnp.array(0, jnp.int32), params=variables['params'],
+                     batch_stats=variables.get('batch_stats', {}),
+                     opt_state=tx.init(variables['params']),
+                     rng=jax.random.key_data(train_key))
+  return make_train_step(model, tx, 'classify'), state, batch
+
+
+def _assert_close(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
+                                                       rtol=1e-4, atol=1e-5), a, b)
+
+
+def _two_steps(step, state, batches):
+  for b in batches:
+    state, metrics = step(state, b)
+  return state, metrics
+
+
+@pytest.mark.parametrize('norm', ['batch', 'layer'])
+def test_sharded_step_equals_single_device(norm):
+  train_step, state, batch = _setup(norm)
+  batches = [batch, _batch(seed=1)]
+  ref_state, ref_metrics = _two_steps(jax.jit(train_step), state, batches)
+
+  mesh = parallel.make_mesh(NDEV)
+  sharded = [parallel.shard_batch(b, mesh) for b in batches]
+  for v in sharded[0].values():
+    assert len(v.addressable_shards) == NDEV
+    assert {s.data.shape[0] for s in v.addressable_shards} == {BATCH // NDEV}
+  step = parallel.jit_data_parallel(train_step, mesh)
+  dp_state, dp_metrics = _two_steps(step, parallel.replicate(state, mesh), sharded)
+
+  _assert_close(dp_state.params, ref_state.params)
+  _assert_close(dp_state.batch_stats, ref_state.batch_stats)
+  _assert_close(dp_metrics, ref_metrics)
+  assert int(dp_state.step) == 2
+  if norm == 'batch':  # the population tables really moved (so the comparison means something)
+    assert any(np.abs(np.asarray(v)).max() > 0 for k, v in
+               jax.tree_util.tree_leaves_with_path(dp_state.batch_stats) if 'mean' in str(k[-1]))
+  # Everything that comes out is replicated over the 4 devices of the mesh.
+  for leaf in jax.tree.leaves((dp_state, dp_metrics)):
+    assert leaf.sharding.is_equivalent_to(parallel.replicated(mesh), leaf.ndim)
+    assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == NDEV
+
+
+def test_plain_jit_on_sharded_inputs_keeps_params_replicated():
+  """Without pinned shardings, GSPMD propagation alone gives the same result and replicated
+  parameters (the plain `jax.jit` of the trainer works on sharded inputs)."""
+  train_step, state, batch = _setup('batch')
+  ref_state, ref_metrics = jax.jit(train_step)(state, batch)
+  mesh = parallel.make_mesh(None)
+  new, metrics = jax.jit(train_step)(parallel.replicate(state, mesh),
+                                     parallel.shard_batch(batch, mesh))
+  _assert_close(new.params, ref_state.params)
+  _assert_close(new.batch_stats, ref_state.batch_stats)
+  _assert_close(metrics['loss'], ref_metrics['loss'])
+  for leaf in jax.tree.leaves(new.params):
+    assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == NDEV
+
+
+def test_batch_not_divisible_fails_clearly():
+  mesh = parallel.make_mesh(NDEV)
+  with pytest.raises(ValueError, match=r'batch size 6 .* not divisible by the 4 devices'):
+    parallel.shard_batch(_batch(batch=6), mesh)
+  with pytest.raises(ValueError, match='scalar'):
+    parallel.shard_batch(dict(x=np.float32(1.0)), mesh)
+
+
+def test_mesh_and_shardings():
+  mesh = parallel.make_mesh(2)
+  assert mesh.axis_names == ('data',) and mesh.shape['data'] == 2
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+  assert parallel.batch_sharding(mesh).spec == jax.sharding.PartitionSpec('data')
+  assert parallel.replicated(mesh).spec == jax.sharding.PartitionSpec()
+  with pytest.raises(ValueError, match='num_devices'):
+    parallel.make_mesh(NDEV + 1)
+  tree = parallel.replicate(dict(a=np.ones(3, np.float32)), mesh)
+  assert tree['a'].sharding.is_fully_replicated
