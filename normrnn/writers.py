@@ -223,6 +223,13 @@ def _prepare_jsonl(path: str, resume_step: int | None) -> None:
   os.replace(tmp, path)
 
 
+def _event_files(logdir: str) -> list[str]:
+  if not os.path.isdir(logdir):
+    return []
+  return [n for n in os.listdir(logdir)
+          if n.startswith('events.out.tfevents.') and n.split('.')[3].isdigit()]
+
+
 class _TensorBoard:
   """Scalar event files written with tensorboard's pure-Python writer (no TensorFlow)."""
 
@@ -231,6 +238,12 @@ class _TensorBoard:
     from tensorboard.compat.proto import event_pb2, summary_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    # TensorBoard reads event files in name order and names start with the creation second:
+    # make sure a resumed run's file sorts after the earlier ones (the uid part of the name is
+    # not zero-padded, so the same second can sort wrongly).
+    latest = max((int(name.split('.')[3]) for name in _event_files(logdir)), default=-1)
+    while int(time.time()) <= latest:
+      time.sleep(0.05)
     self._writer = EventFileWriter(logdir)
     if resume_step is not None:
       # TensorBoard discards events of earlier files with step >= this START event's step
