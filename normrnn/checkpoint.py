@@ -28,6 +28,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from normrnn.jsonio import write_json_atomic
+
 CONFIG_FILE = 'config_at_checkpoint.json'
 
 logger = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class Checkpointer:
                      self._manager.latest_step(), self.directory)
       return False
     if config is not None:
-      _write_json_atomic(os.path.join(self.directory, CONFIG_FILE),
+      write_json_atomic(os.path.join(self.directory, CONFIG_FILE),
                          {'step': step, 'config': config})
     return True
 
@@ -159,12 +161,3 @@ class Checkpointer:
 def _arrays(tree: Any) -> Any:
   """Replaces numpy scalar leaves by 0-d numpy arrays (orbax cannot restore numpy scalars)."""
   return jax.tree.map(lambda x: np.asarray(x) if isinstance(x, np.generic) else x, tree)
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-  """Writes obj as sorted, indented JSON via a temporary file and os.replace."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    f.write('\n')
-  os.replace(tmp, path)

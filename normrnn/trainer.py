@@ -28,6 +28,7 @@ from tqdm import tqdm
 from normrnn import config_check, losses, models, optim, popstats
 from normrnn.checkpoint import Checkpointer
 from normrnn.data import make_task
+from normrnn.jsonio import write_json_atomic
 from normrnn.writers import MetricWriter
 
 # Fields that may differ between a checkpoint's config and the resuming run's config.
@@ -246,7 +247,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if value < best['value']:
           best = dict(step=step, value=value, metric=config.eval.select_metric)
           best_ckpt.save(step, state, config=config_dict)
-          _write_json(best_path, best)
+          write_json_atomic(best_path, best)
         bar.set_postfix({config.eval.select_metric: f'{value:.4g}'})
       if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
         save(step)
@@ -294,7 +295,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       popstats=config.eval.popstats, wall_time_s=time.time() - t0, hardware=_hardware(),
       data=task.describe(), params_digest=params_digest(final.params),
       command=' '.join(sys.argv))
-  _write_json(os.path.join(workdir, 'results.json'), results)
+  write_json_atomic(os.path.join(workdir, 'results.json'), results)
   writer.summary(results_metrics)
   writer.close()
   ckpt.close()
@@ -330,10 +331,3 @@ def _evaluate_stream(model, params, batch_stats, task, config, rng) -> dict:
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   m = losses.summarize(jax.device_get(sums), 'lm')
   return {f'test_stream/{k}': v for k, v in m.items()}
-
-
-def _write_json(path, obj):
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)

@@ -30,6 +30,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from normrnn.jsonio import write_json_atomic
+
 WANDB_MODES = ('disabled', 'offline', 'online')
 _RESERVED_KEYS = ('step', 'time')
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -112,7 +114,7 @@ class MetricWriter:
       raise ValueError(f'resume_step must be >= 0 or None, got {resume_step}')
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
-    _write_json_atomic(os.path.join(workdir, 'config.json'), config)
+    write_json_atomic(os.path.join(workdir, 'config.json'), config)
 
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     _prepare_jsonl(self.metrics_path, resume_step)
@@ -196,15 +198,6 @@ def _scalar(key: str, value: Any) -> float:
   except (TypeError, ValueError) as e:
     raise ValueError(f'metric {key!r} must be a scalar, got {type(value).__name__} '
                      f'{getattr(value, "shape", "")}: {e}') from e
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-  """Writes obj as sorted, indented JSON via a temporary file and os.replace."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    f.write('\n')
-  os.replace(tmp, path)
 
 
 def _prepare_jsonl(path: str, resume_step: int | None) -> None:
