@@ -3,9 +3,9 @@ owns the time loop and calls the methods below.
 
 Cell protocol (used by `normrnn.recurrent.Recurrent`):
   stat_specs()                  {site: (features, stats_kind)} for sites with population tables
-  hoist(x, mask, stats, carry)  the part computed for all steps before the loop:
-                                  x [batch, time, in_features], mask [batch, time]
-                                  -> (step_inputs [batch, time, ...], consts, moments, carry)
+  hoist(x, mask, stats, carry)  the part computed for all steps before the loop, time-major:
+                                  x [time, batch, in_features], mask [time, batch]
+                                  -> (step_inputs [time, batch, ...], consts, moments, carry)
                                   (carry: with the input site's state advanced over the chunk)
   initialize_carry(batch_size)  the initial state
   step(carry, inputs_t, mask_t, stats_t, consts, probe_t)
@@ -78,7 +78,7 @@ class NormLSTMCell(nn.Module):
     return {k: v for k, v in specs.items() if v[1] is not None}
 
   def hoist(self, x, mask, stats, carry):
-    a = jnp.einsum('btd,dk->btk', x, self.kernel_x_norm(self.kernel_x))
+    a = jnp.einsum('tbd,dk->tbk', x, self.kernel_x_norm(self.kernel_x))
     a, moments, state = self.input_norm(a, x=x, mask=mask, stats=stats.get('input'),
                                         state=carry['norm']['input'])
     consts = dict(kernel_h=self.kernel_h_norm(self.kernel_h))
@@ -156,7 +156,7 @@ class TanhRNNCell(nn.Module):
 
   def hoist(self, x, mask, stats, carry):
     del mask, stats
-    return jnp.einsum('btd,dk->btk', x, self.kernel_x), dict(kernel_h=self.kernel_h), {}, carry
+    return jnp.einsum('tbd,dk->tbk', x, self.kernel_x), dict(kernel_h=self.kernel_h), {}, carry
 
   def initialize_carry(self, batch_size: int):
     h0 = jnp.broadcast_to(self.h0, (batch_size, self.hidden))

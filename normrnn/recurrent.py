@@ -138,10 +138,14 @@ class Recurrent(nn.Module):
       probe = None if probe is None else reverse_valid(probe, lengths)
 
     carry0 = cell.initialize_carry(batch) if initial_carry is None else initial_carry
-    inputs, cell_consts, moments, carry0 = cell.hoist(x, mask, lookup, carry0)
+    # Everything from here on is time-major: the hoisted term is computed as [time, batch, F]
+    # (no transposed copy of it; cheap batch-axis reductions on CPU, see norms/base.py).
+    mask_tm = mask.T
+    inputs, cell_consts, moments, carry0 = cell.hoist(jnp.swapaxes(x, 0, 1), mask_tm, lookup,
+                                                      carry0)
     loop_sites = [s for s in specs if s not in moments]
-    # Scanned inputs, time-major. Per-step statistics are already [time, features].
-    xs = dict(inputs=_time_major(inputs), mask=mask.T,
+    # Scanned inputs. Per-step statistics are already [time, features].
+    xs = dict(inputs=inputs, mask=mask_tm,
               stats={s: lookup[s] for s in loop_sites if s in per_step})
     if probe is not None:
       xs['probe'] = _time_major(probe)

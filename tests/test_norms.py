@@ -145,8 +145,10 @@ def test_batch_t1_equals_flax_batchnorm():
   # outputs: the hoisted input-term normalization of the cell
   cell = layer.cell
   carry = cell.apply({'params': cell_params}, x2.shape[0], method='initialize_carry')
-  y_ours, _, _, _ = cell.apply({'params': cell_params}, x2, mask2, {}, carry, method='hoist')
-  np.testing.assert_allclose(y_ours[:, 0], y_bn, **TOL)
+  # the hoist is time-major: x [time, batch, in], output [time, batch, 4H]
+  y_ours, _, _, _ = cell.apply({'params': cell_params}, x2.swapaxes(0, 1), mask2.T, {}, carry,
+                               method='hoist')
+  np.testing.assert_allclose(y_ours[0], y_bn, **TOL)
   np.testing.assert_allclose(stats['input_mean'][0], bn_vars['batch_stats']['mean'], **TOL)
   np.testing.assert_allclose(stats['input_var'][0], bn_vars['batch_stats']['var'], **TOL)
 

@@ -37,12 +37,13 @@ def _python_loop(layer, variables, x, mask, reverse):
       mean, var = mean[idx], var[idx]
     lookup[site] = dict(mean=mean, var=var)
   carry = cell.apply(cell_vars, x.shape[0], method='initialize_carry')
-  inputs, consts, _, carry = cell.apply(cell_vars, x, mask, lookup, carry, method='hoist')
+  inputs, consts, _, carry = cell.apply(cell_vars, x.swapaxes(0, 1), mask.T, lookup, carry,
+                                        method='hoist')  # time-major
   ys = []
   for t in range(length):
     stats_t = {s: (jax.tree.map(lambda v: v[t], d) if specs[s][1] == 'per_step' else d)
                for s, d in lookup.items() if s != 'input'}
-    carry, y, _ = cell.apply(cell_vars, carry, inputs[:, t], mask[:, t], stats_t, consts,
+    carry, y, _ = cell.apply(cell_vars, carry, inputs[t], mask[:, t], stats_t, consts,
                              method='step')
     ys.append(np.asarray(y))
   out = np.stack(ys, 1)

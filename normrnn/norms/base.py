@@ -2,7 +2,7 @@
 
 A recurrent cell has up to three *sites* where a scheme may act (Cooijmans et al. 2016, eqs. 6-8):
 
-  input      the input term      a_x = W_x x_t      [batch, (time,) 4*hidden]  (computed for all
+  input      the input term      a_x = W_x x_t      [time, batch, 4*hidden]  (computed for all
                                                     steps at once, outside the time loop)
   recurrent  the recurrent term  a_h = W_h h_{t-1}  [batch, 4*hidden]          (inside the loop)
   cell       the cell state c_t before the output tanh [batch, hidden]         (inside the loop)
@@ -12,17 +12,22 @@ Every site module has the same call signature:
 
   y, moments, state = site(a, x=..., mask=..., stats=..., state=...)
 
-  a        the term to normalize, [batch, ..., features]
-  x        the vector the term was computed from, [batch, ..., in_features] (cosine norm needs
-           its length); for the cell site it is the cell state itself
-  mask     [batch, ...] float, 1 for valid positions; padding never enters any statistic
-  stats    population statistics {'mean', 'var'} of shape [..., features] (per-step tables, already
-           indexed by time step by the scan) or [features] (shared tables); the scan always passes
+  a        the term to normalize: [batch, features] inside the loop, [time, batch, features]
+           (time-major) for the hoisted input term. The batch axis is always axis -2.
+  x        the vector the term was computed from, [(time,) batch, in_features] (cosine norm
+           needs its length); for the cell site it is the cell state itself
+  mask     [(time,) batch] float, 1 for valid positions; padding never enters any statistic
+  stats    population statistics {'mean', 'var'}: per-step tables [(time,) features] (already
+           indexed by time step by the scan) or shared tables [features]; the scan always passes
            them, schemes using batch statistics in training ignore them there
   state    per-sequence state carried through the time loop (only streaming norm uses it)
 
   moments  this batch's statistics {'mean', 'var', 'count'} for the scan to fold into the
            population tables (training only; None for schemes without statistics)
+
+Why time-major: XLA:CPU reduces over a leading axis of a large [batch, time, features] tensor
+about 7x slower than over the middle axis of [time, batch, features] (docs/benchmarks.md), and
+the scan consumes time-major inputs anyway, so the hoisted term never needs a transposed copy.
 
 Class attributes tell the scan what to allocate: `stats_kind` is None, 'per_step' (a
 [max_time_steps, features] table indexed by position) or 'shared' (one [features] table).
@@ -70,9 +75,9 @@ def masked_moments(a: jax.Array, mask: jax.Array, axes: tuple[int, ...]):
   """Mean, biased variance and count of `a` over `axes`, counting only mask == 1 entries.
 
   Args:
-    a: [batch, ..., features].
-    mask: [batch, ...] (a's shape without the feature axis), 1 = valid.
-    axes: leading axes to reduce (never the feature axis).
+    a: [..., features].
+    mask: a's shape without the feature axis, 1 = valid.
+    axes: axes to reduce (never the feature axis).
 
   Returns:
     mean, var of shape a.shape without `axes`; count of shape mask.shape without `axes`.
@@ -95,6 +100,16 @@ def combine_moments(mean: jax.Array, var: jax.Array, count: jax.Array):
   pooled_mean = jnp.sum(w * mean, axis=0) / safe
   second = jnp.sum(w * (var + jnp.square(mean)), axis=0) / safe
   return pooled_mean, jnp.maximum(second - jnp.square(pooled_mean), 0.0), total
+
+
+def batch_axis(a: jax.Array) -> int:
+  """The batch axis of a site's input: [batch, F] in the loop, [time, batch, F] hoisted."""
+  return a.ndim - 2
+
+
+def per_position(stats: jax.Array, a: jax.Array) -> jax.Array:
+  """Aligns a per-step statistic [(time,) F] with a [(time,) batch, F] term."""
+  return stats[:, None, :] if a.ndim == 3 else stats
 
 
 def standardize(a, mean, var, eps):

@@ -28,9 +28,9 @@ from normrnn.norms import base
 class BatchStep(base.SiteNorm):
   """Batch normalization with statistics over the batch axis only (one set per time step).
 
-  `a` is [batch, features] inside the loop or [batch, time, features] for the hoisted input term;
-  either way the moments are taken over axis 0, so the hoisted call yields per-step statistics
-  [time, features], identical to normalizing every step separately.
+  `a` is [batch, features] inside the loop or [time, batch, features] for the hoisted input term;
+  either way the moments are taken over the batch axis (-2) only, so the hoisted call yields
+  per-step statistics [time, features], identical to normalizing every step separately.
   """
   stats_kind = 'per_step'
 
@@ -38,15 +38,16 @@ class BatchStep(base.SiteNorm):
   def __call__(self, a, *, x, mask, stats, state):
     del x
     if self.train:
-      if a.shape[0] == 1:
+      if a.shape[base.batch_axis(a)] == 1:
         raise ValueError(
             f'{type(self).__name__} at the {self.site} site uses batch statistics in training, '
             'which are undefined at batch size 1 (the variance is 0, every output equals beta). '
             'Train with batch size >= 2, or evaluate with population statistics (train=False).')
-      mean, var, count = base.masked_moments(a, mask, axes=(0,))
+      mean, var, count = base.masked_moments(a, mask, axes=(base.batch_axis(a),))
       moments = dict(mean=mean, var=var, count=count)
     else:
       mean, var, moments = stats['mean'], stats['var'], None
+    mean, var = base.per_position(mean, a), base.per_position(var, a)
     y = self.gain() * base.standardize(a, mean, var, self.options.eps)
     return self.shift(y), moments, state
 

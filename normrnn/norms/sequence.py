@@ -24,7 +24,7 @@ class BatchSequence(base.SiteNorm):
   def __call__(self, a, *, x, mask, stats, state):
     del x
     if a.ndim != 3:
-      raise ValueError('sequence-wise BN needs the whole [batch, time, features] term; it can only '
+      raise ValueError('sequence-wise BN needs the whole [time, batch, features] term; it can only '
                        f'sit at the input site, not at the {self.site} site.')
     if self.train:
       mean, var, count = base.masked_moments(a, mask, axes=(0, 1))

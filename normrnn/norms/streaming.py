@@ -29,6 +29,7 @@ scan) instead of the paper's approximate streaming gradients; the long-term tabl
 At the input site the running sums are cumulative sums over time (outside the loop); at the
 recurrent and cell sites they are carried through the time loop as per-sequence state.
 """
+import jax
 import jax.numpy as jnp
 
 import flax.linen as nn
@@ -48,11 +49,11 @@ class Streaming(base.SiteNorm):
   def __call__(self, a, *, x, mask, stats, state):
     del x
     m = mask.astype(a.dtype)[..., None]
-    if a.ndim == 3:  # hoisted [batch, time, features]: running sums are cumulative sums
-      n = state['n'][:, None] + jnp.cumsum(m, axis=1)
-      s1 = state['s1'][:, None] + jnp.cumsum(a * m, axis=1)
-      s2 = state['s2'][:, None] + jnp.cumsum(jnp.square(a) * m, axis=1)
-      new_state = dict(n=n[:, -1], s1=s1[:, -1], s2=s2[:, -1])
+    if a.ndim == 3:  # hoisted [time, batch, features]: running sums are cumulative sums
+      n = state['n'][None] + jax.lax.cumsum(m, axis=0)
+      s1 = state['s1'][None] + jax.lax.cumsum(a * m, axis=0)
+      s2 = state['s2'][None] + jax.lax.cumsum(jnp.square(a) * m, axis=0)
+      new_state = dict(n=n[-1], s1=s1[-1], s2=s2[-1])
     else:  # one step inside the loop: running sums are carried
       n = state['n'] + m
       s1 = state['s1'] + a * m
