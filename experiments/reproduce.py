@@ -1,0 +1,570 @@
+"""One paper table per command: the paper's number beside ours, one row per scheme.
+
+Cooijmans et al. 2016, Tables 1-3 (paper spec B.1-B.3): collects, and with --launch trains, one
+run per normalization scheme.
+
+  python experiments/reproduce.py TABLE --root runs/reproduce [--size paper|cpu|smoke] \
+      [--launch] [--parallel N] [--schemes none,batch,...] [--seed 0] [--out FILE.md] \
+      [--config.a.b=v ...]
+
+TABLE is `smnist` (Table 1, MNIST column), `pmnist` (Table 1, pMNIST column), `ptb` (Table 2) or
+`text8` (Table 3). Run it from the repository root (the configs' data paths are relative to it).
+There is one row per scheme of `normrnn.norms.NORMS` (default: all of them), trained by
+
+  python -m normrnn.train --config=configs/<file>.py:norm=<scheme>,size=<size>,seed=<seed> \
+      --workdir=<root>/<table>_<size>/<scheme>_seed<seed> [--config.a.b=v ...]
+
+(`ptb` uses configs/ptb_char.py). A row whose workdir holds results.json is collected. Otherwise:
+without --launch the row reads `missing` or `running/incomplete (step S of N)` and the commands
+that would (re)start it are printed; with --launch the unfinished rows are trained, N at a time
+(`scripts/sweep.py`'s runner: output in <workdir>/train.log, SIGINT/SIGTERM stop the runs, which
+checkpoint, and rerunning resumes them). A finished run whose config.json differs from the
+requested task, scheme, size, seed or --config overrides reads `config differs` and is neither
+used nor relaunched: use another --root for other settings.
+
+Writes the markdown table to stdout and to --out (default <root>/<table>_<size>/TABLE.md) and
+the same rows as JSON next to it (TABLE.json). Columns: model | paper | ours | metric | data |
+hardware | steps | wall time | command. Paper numbers exist for the LSTM and BN-LSTM rows only.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+
+from tqdm import tqdm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from normrnn.norms import NORMS  # noqa: E402
+from normrnn.writers import read_metrics  # noqa: E402
+
+SIZES = ('paper', 'cpu', 'smoke')
+PID_FILE = 'reproduce.pid'  # in a workdir while this script's launch of it runs
+
+MODEL_NAMES = {
+    'none': 'LSTM',
+    'batch': 'BN-LSTM',
+    'batch_input': 'BN on input term only (Laurent et al. 2016)',
+    'sequence': 'sequence-wise BN (Amodei et al. 2015)',
+    'layer': 'LN-LSTM (Ba et al. 2016)',
+    'weight': 'WN-LSTM (Salimans & Kingma 2016)',
+    'cosine': 'cosine-norm LSTM (Luo et al. 2017)',
+    'streaming': 'streaming-norm LSTM (Liao et al. 2016)',
+}
+
+# The paper's numbers, copied from /work/shared/docs/paper_spec.md section B. `rows` are the
+# paper's own LSTM (`none`) and BN-LSTM (`batch`); `context` are the other rows of the table.
+PAPER = {
+    'smnist': dict(
+        source='Cooijmans et al. 2016, Table 1, MNIST column (paper spec B.1)',
+        rows={'none': 98.9, 'batch': 99.0},
+        context=[('TANH-RNN (Le et al. 2015)', 35.0), ('iRNN (Le et al. 2015)', 97.0),
+                 ('uRNN (Arjovsky et al. 2015)', 95.1), ('sTANH-RNN (Zhang et al. 2016)', 98.1)]),
+    'pmnist': dict(
+        source='Cooijmans et al. 2016, Table 1, pMNIST column (paper spec B.1)',
+        rows={'none': 90.2, 'batch': 95.4},
+        context=[('TANH-RNN (Le et al. 2015)', 35.0), ('iRNN (Le et al. 2015)', 82.0),
+                 ('uRNN (Arjovsky et al. 2015)', 91.4), ('sTANH-RNN (Zhang et al. 2016)', 94.0)]),
+    'ptb': dict(
+        source='Cooijmans et al. 2016, Table 2, PTB test bpc (paper spec B.2)',
+        rows={'none': 1.38, 'batch': 1.32},
+        context=[('LSTM (Graves 2013), different split', 1.26), ('HF-MRNN (Mikolov 2012)', 1.41),
+                 ('Norm-stabilized LSTM (Krueger & Memisevic 2016)', 1.39),
+                 ('ME n-gram (Mikolov 2012)', 1.37), ('Zoneout (Krueger 2016)', 1.27),
+                 ('HM-LSTM (Chung 2016)', 1.24), ('HyperNetworks (Ha 2016)', 1.22)]),
+    'text8': dict(
+        source='Cooijmans et al. 2016, Table 3, text8 test bpc (paper spec B.3)',
+        rows={'none': 1.43, 'batch': 1.36},
+        context=[('td-LSTM (Zhang 2016)', 1.63), ('HF-MRNN (Mikolov 2012)', 1.54),
+                 ('skipping RNN (Pachitariu 2013)', 1.48), ('HM-LSTM (Chung 2016)', 1.29)]),
+}
+
+# config file, the run's `task`, metric keys of results.json in order of preference (the first
+# is the paper's evaluation), unit, and notes on the evaluation and on the non-paper sizes.
+TABLES = {
+    'smnist': dict(
+        config='configs/smnist.py', task='smnist', keys=('test/acc',), percent=True,
+        metric='test accuracy (%), re-estimated population statistics',
+        small_data='mnist10k (the official MNIST test set split 8000/1000/1000)'),
+    'pmnist': dict(
+        config='configs/pmnist.py', task='pmnist', keys=('test/acc',), percent=True,
+        metric='test accuracy (%), re-estimated population statistics',
+        small_data='mnist10k (the official MNIST test set split 8000/1000/1000)',
+        note=("Pixel order: the configs' default is a true permutation; the paper's 95.4 / 90.2 "
+              "came from the authors' with-replacement index (501 distinct pixels, spec B.1). "
+              'Add --config.data.pixel_order=with_replacement (and another --root) to run '
+              'that; the data column names the order each run used.')),
+    'ptb': dict(
+        config='configs/ptb_char.py', task='ptb_char', keys=('test_stream/bpc', 'test/bpc'),
+        percent=False,
+        metric=('test bpc of the whole test split as one batch-1 sequence with re-estimated '
+                'population statistics (test_stream/bpc, the paper\'s evaluation, spec B.2)'),
+        small_data='ptb_char_valid (the PTB validation file split 90/5/5)',
+        fallback_note='length-{T} segments, not the whole stream: not comparable to the paper'),
+    'text8': dict(
+        config='configs/text8.py', task='text8', keys=('test/bpc',), percent=False,
+        metric=('test bpc on length-180 segments with re-estimated population statistics '
+                '(test/bpc); the paper does not record which evaluation gave Table 3, spec B.3'),
+        small_data=("ptb_char_valid (the PTB validation file split 90/5/5): text8 is not "
+                    "available offline, so these sizes check the plumbing only")),
+}
+COLUMNS = ('model', 'paper', 'ours', 'metric', 'data', 'hardware', 'steps', 'wall time',
+           'command')
+
+
+def load_sweep():
+  """scripts/sweep.py as a module (scripts/ is not a package): its runner and signal handling."""
+  path = os.path.join(ROOT, 'scripts', 'sweep.py')
+  spec = importlib.util.spec_from_file_location('_reproduce_sweep', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+sweep = load_sweep()
+
+
+# --- rows and commands --------------------------------------------------------------------------
+
+def table_dir(root: str, table: str, size: str) -> str:
+  return os.path.join(root, f'{table}_{size}')
+
+
+def run_dir(root: str, table: str, size: str, scheme: str, seed: int) -> str:
+  """<root>/<table>_<size>/<scheme>_seed<seed>."""
+  return os.path.join(table_dir(root, table, size), f'{scheme}_seed{seed}')
+
+
+def config_arg(scheme: str, size: str, seed: int) -> str:
+  return f'norm={scheme},size={size},seed={seed}'
+
+
+def train_command(table: str, scheme: str, size: str, seed: int, workdir: str, extra,
+                  *, python: str = 'python', config_path: str | None = None) -> list[str]:
+  """The normrnn.train command line of one row; `config_path` defaults to the repo-relative
+  path (the printed form), launching passes the absolute path."""
+  config = config_path or TABLES[table]['config']
+  return [python, '-m', 'normrnn.train',
+          f'--config={config}:{config_arg(scheme, size, seed)}', f'--workdir={workdir}',
+          *extra]
+
+
+def make_rows(table: str, root: str, size: str, schemes, seed: int, extra) -> list[dict]:
+  rows = []
+  for scheme in schemes:
+    workdir = run_dir(root, table, size, scheme, seed)
+    rows.append(dict(
+        scheme=scheme, model=MODEL_NAMES[scheme], paper=PAPER[table]['rows'].get(scheme),
+        workdir=workdir,
+        command=shlex.join(train_command(table, scheme, size, seed, workdir, extra)),
+        argv=train_command(table, scheme, size, seed, os.path.abspath(workdir), extra,
+                           python=sys.executable,
+                           config_path=os.path.join(ROOT, TABLES[table]['config']))))
+  return rows
+
+
+# --- reading a run directory ----------------------------------------------------------------
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def last_step(workdir: str) -> int | None:
+  """The last step logged in metrics.jsonl, or None."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return None
+  records = read_metrics(path)
+  return records[-1]['step'] if records else None
+
+
+def launcher_pid(workdir: str) -> int | None:
+  """The pid of a live reproduce.py that is training this workdir, or None."""
+  path = os.path.join(workdir, PID_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      pid = int(f.read().strip())
+    os.kill(pid, 0)
+  except (OSError, ValueError):
+    return None
+  return pid
+
+
+def _lookup(config: dict, dotted: str):
+  value = config
+  for part in dotted.split('.'):
+    if not isinstance(value, dict) or part not in value:
+      raise KeyError(dotted)
+    value = value[part]
+  return value
+
+
+def _same(value, text: str) -> bool:
+  """Whether a config.json value is what the override `--config.k=text` sets."""
+  if isinstance(value, bool):
+    return text.strip().lower() in (('true', '1') if value else ('false', '0'))
+  if isinstance(value, (int, float)):
+    try:
+      return float(text) == float(value)
+    except ValueError:
+      return False
+  if isinstance(value, list):
+    return sweep.format_value(value) == text.replace(' ', '')
+  return str(value) == text
+
+
+def config_differences(config: dict, table: str, scheme: str, size: str, seed: int,
+                       extra) -> list[str]:
+  """Fields of a run's config.json that differ from what this row asks for."""
+  expected = {'task': TABLES[table]['task'], 'model.norm.name': scheme, 'seed': seed}
+  out = []
+  for key, want in expected.items():
+    try:
+      got = _lookup(config, key)
+    except KeyError:
+      got = None
+    if got != want:
+      out.append(f'{key}: run {got!r}, asked {want!r}')
+  tags = config.get('wandb', {}).get('tags') or []
+  if size not in tags:
+    out.append(f'size: run tags {tags}, asked {size!r}')
+  for item in extra:
+    key, sep, text = item[len('--config.'):].partition('=')
+    if not sep:
+      continue
+    try:
+      got = _lookup(config, key)
+    except KeyError:
+      out.append(f'{key}: not in the run\'s config, asked {text!r}')
+      continue
+    if not _same(got, text):
+      out.append(f'{key}: run {got!r}, asked {text!r}')
+  return out
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+def format_wall(seconds) -> str:
+  if seconds is None:
+    return '-'
+  if seconds < 120:
+    return f'{seconds:.0f} s'
+  if seconds < 7200:
+    return f'{seconds / 60:.1f} min'
+  return f'{seconds / 3600:.1f} h'
+
+
+def format_hardware(hw: dict | None) -> str:
+  if not hw:
+    return '-'
+  if hw.get('platform') == 'cpu':
+    return f'CPU ({hw.get("cpu_count")} cores), jax {hw.get("jax")}'
+  return (f'{hw.get("device_count")}x {hw.get("device_kind")} ({hw.get("platform")}), '
+          f'jax {hw.get("jax")}')
+
+
+def format_data(data: dict | None) -> str:
+  """`mnist10k 8000/1000/1000, permuted pixels, not the paper's data` from results.json."""
+  if not data:
+    return '-'
+  sizes = data.get('split_sizes', {})
+  splits = '/'.join(str(sizes.get(s, '?')) for s in ('train', 'valid', 'test'))
+  text = f'{data.get("name")} {splits}'
+  if data.get('pixel_order'):
+    text += f', {data["pixel_order"]} pixels'
+    distinct = data.get('distinct_pixels_shown')
+    if distinct is not None and distinct != data.get('n_pixels'):
+      text += f' ({distinct} distinct)'
+  if "NOT the paper's data" in data.get('label', ''):
+    text += ", not the paper's data"
+  return text
+
+
+def format_number(value: float | None, percent: bool) -> str:
+  if value is None:
+    return '—, not in the paper'
+  return f'{value:.1f}' if percent else f'{value:.2f}'
+
+
+def metric_label(table: str, key: str) -> str:
+  return f'{key} (%)' if TABLES[table]['percent'] else key
+
+
+def headline(table: str, results: dict, config: dict) -> tuple[str | None, float | None, str]:
+  """(metric key, value in the paper's unit, metric column text) of a finished run."""
+  spec = TABLES[table]
+  metrics = results.get('metrics') or {}
+  for i, key in enumerate(spec['keys']):
+    value = metrics.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      text = metric_label(table, key)
+      if i > 0:
+        length = config.get('data', {}).get('seq_len', '?')
+        text += ' — ' + spec['fallback_note'].format(T=length) + f' (no {spec["keys"][0]})'
+      value = float(value)
+      if spec['percent']:
+        value *= 100
+      return key, value, text
+  return None, None, f'none of {", ".join(spec["keys"])} in results.json'
+
+
+# --- collecting ------------------------------------------------------------------------------
+
+def collect(row: dict, table: str, size: str, seed: int, extra) -> dict:
+  """Fills the row's status, ours, data, hardware, steps and wall time from its workdir."""
+  workdir = row['workdir']
+  row.update(status='missing', ours=None, metric_key=None,
+             metric=metric_label(table, TABLES[table]['keys'][0]), run_command=None,
+             data=None, hardware=None, final_step=None, best_step=None, wall_time_s=None,
+             results_metrics=None, last_step=None, num_steps=None, differences=[])
+  if not os.path.isdir(workdir):
+    return row
+  config = _read_json(os.path.join(workdir, 'config.json')) or {}
+  results = _read_json(os.path.join(workdir, 'results.json'))
+  row['last_step'] = last_step(workdir)
+  row['num_steps'] = config.get('train', {}).get('num_steps')
+  if config:
+    row['differences'] = config_differences(config, table, row['scheme'], size, seed, extra)
+  if results is None:
+    pid = launcher_pid(workdir)
+    where = (f'step {row["last_step"]} of {row["num_steps"]}' if row['last_step'] is not None
+             else 'nothing logged yet')
+    row['status'] = (f'running (reproduce.py pid {pid}, {where})' if pid
+                     else f'running/incomplete ({where})')
+    if row['differences']:
+      row['status'] = 'config differs: ' + '; '.join(row['differences'])
+    return row
+  key, value, metric_text = headline(table, results, config)
+  row.update(status='finished', ours=value, metric_key=key, metric=metric_text,
+             data=results.get('data'), hardware=results.get('hardware'),
+             final_step=results.get('final_step'), best_step=results.get('best_step'),
+             wall_time_s=results.get('wall_time_s'), results_metrics=results.get('metrics'),
+             run_command=results.get('command'))
+  if row['differences']:
+    row['status'] = 'config differs: ' + '; '.join(row['differences'])
+    row['ours'] = None
+  return row
+
+
+def needs_launch(row: dict) -> bool:
+  return (row['status'] == 'missing' or row['status'].startswith('running/incomplete')
+          or row['status'].startswith('failed'))
+
+
+# --- launching -------------------------------------------------------------------------------
+
+def _run_row(row: dict) -> tuple[int, float]:
+  """Trains one row with sweep.run_point, a pid file marking it as running meanwhile."""
+  os.makedirs(row['workdir'], exist_ok=True)
+  pid_path = os.path.join(row['workdir'], PID_FILE)
+  with open(pid_path, 'w', encoding='utf-8') as f:
+    f.write(f'{os.getpid()}\n')
+  try:
+    return sweep.run_point(row['argv'], row['workdir'])
+  finally:
+    if os.path.exists(pid_path):
+      os.remove(pid_path)
+
+
+def launch(rows, parallel: int) -> dict | None:
+  """Runs the rows, `parallel` at a time; {scheme: (exit code, seconds)}, or None if stopped
+  by SIGINT/SIGTERM (the running trainings are sent SIGTERM and checkpoint)."""
+  outcome = {}
+  bar = tqdm(total=len(rows), desc='reproduce', unit='run', dynamic_ncols=True)
+  previous = signal.signal(signal.SIGTERM, sweep._interrupt)  # pylint: disable=protected-access
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
+  try:
+    futures = {pool.submit(_run_row, row): row for row in rows}
+    for future in concurrent.futures.as_completed(futures):
+      row = futures[future]
+      outcome[row['scheme']] = future.result()
+      code, seconds = outcome[row['scheme']]
+      bar.set_postfix_str(f'{row["scheme"]}: ' + (f'ok ({seconds:.0f} s)' if code == 0
+                                                  else f'FAILED (exit {code})'))
+      bar.update(1)
+  except KeyboardInterrupt:
+    pool.shutdown(wait=False, cancel_futures=True)
+    sweep._stop_running()  # pylint: disable=protected-access
+    pool.shutdown(wait=True)
+    bar.close()
+    return None
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  pool.shutdown(wait=True)
+  bar.close()
+  return outcome
+
+
+# --- output ----------------------------------------------------------------------------------
+
+def _cell(text) -> str:
+  return str(text).replace('|', '\\|').replace('\n', ' ')
+
+
+def ours_cell(row: dict, percent: bool) -> str:
+  if row['status'] != 'finished':
+    return row['status']
+  if row['ours'] is None:
+    return 'no test metric'
+  return f'{row["ours"]:.2f}' if percent else f'{row["ours"]:.3f}'
+
+
+def steps_cell(row: dict) -> str:
+  if row['final_step'] is None:
+    return '-'
+  return f'{row["final_step"]} (best {row["best_step"]})'
+
+
+def intro_lines(table: str, size: str) -> list[str]:
+  spec, paper = TABLES[table], PAPER[table]
+  lines = [f'# {paper["source"]}', '',
+           f'Size `{size}`; metric: {spec["metric"]}. Paper numbers exist for the paper\'s own '
+           'LSTM and BN-LSTM rows only.']
+  if size != 'paper':
+    lines.append(f'**Size `{size}` does not use the paper\'s data or training length**: the runs '
+                 f'train on {spec["small_data"]}'
+                 + (', a few steps of a tiny model (numbers are meaningless)' if size == 'smoke'
+                    else ', with a smaller budget (see the config file)')
+                 + '. Compare the rows with each other, not with the paper column.')
+  if spec.get('note'):
+    lines.append(spec['note'])
+  return lines + ['']
+
+
+def markdown(table: str, size: str, rows) -> str:
+  percent = TABLES[table]['percent']
+  lines = intro_lines(table, size)
+  lines += ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+  for row in rows:
+    cells = [row['model'], format_number(row['paper'], percent), ours_cell(row, percent),
+             row['metric'], format_data(row['data']), format_hardware(row['hardware']),
+             steps_cell(row), format_wall(row['wall_time_s']), f'`{row["command"]}`']
+    lines.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
+  context = '; '.join(f'{name} {format_number(value, percent)}'
+                      for name, value in PAPER[table]['context'])
+  lines += ['', f'Other rows of the paper\'s table (not run here): {context}.', '']
+  return '\n'.join(lines)
+
+
+def _finite(obj):
+  """NaN/Inf -> None, recursively, so the JSON is strict."""
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  if isinstance(obj, dict):
+    return {k: _finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite(v) for v in obj]
+  return obj
+
+
+def report_json(table: str, size: str, seed: int, rows) -> dict:
+  keep = ('scheme', 'model', 'paper', 'ours', 'status', 'metric', 'metric_key', 'workdir',
+          'command', 'run_command', 'data', 'hardware', 'final_step', 'best_step',
+          'wall_time_s', 'last_step', 'num_steps', 'results_metrics', 'differences')
+  return _finite(dict(
+      table=table, size=size, seed=seed, source=PAPER[table]['source'],
+      metric=TABLES[table]['metric'], unit='%' if TABLES[table]['percent'] else 'bpc',
+      notes=intro_lines(table, size)[2:-1],
+      rows=[{k: row.get(k) for k in keep} for row in rows],
+      paper_context=[dict(model=m, value=v) for m, v in PAPER[table]['context']],
+      generated=time.strftime('%Y-%m-%d %H:%M:%S'), command=shlex.join(sys.argv)))
+
+
+def write_outputs(path: str, text: str, data: dict) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text)
+  json_path = os.path.splitext(path)[0] + '.json'
+  with open(json_path, 'w', encoding='utf-8') as f:
+    json.dump(data, f, indent=2, allow_nan=False)
+    f.write('\n')
+  return json_path
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0],
+      epilog='Any further --config.<key>=<value> arguments are passed to every run.')
+  parser.add_argument('table', choices=tuple(TABLES),
+                      help='smnist | pmnist (Table 1), ptb (Table 2), text8 (Table 3)')
+  parser.add_argument('--root', required=True, help='root of the run directories')
+  parser.add_argument('--size', default='paper', choices=SIZES)
+  parser.add_argument('--launch', action='store_true', help='train the unfinished rows')
+  parser.add_argument('--parallel', type=int, default=1, help='runs at a time with --launch')
+  parser.add_argument('--schemes', default=','.join(NORMS),
+                      help=f'comma-separated subset of {",".join(NORMS)} (default: all)')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--out', default=None,
+                      help='markdown file (default <root>/<table>_<size>/TABLE.md); the JSON '
+                           'goes next to it')
+  args, extra = parser.parse_known_args(argv)
+  bad = [a for a in extra if not a.startswith('--config.')]
+  if bad:
+    parser.error(f'unrecognized arguments: {" ".join(bad)} (only --config.<key>=<value> '
+                 'overrides are passed through)')
+  schemes = [s.strip() for s in args.schemes.split(',') if s.strip()]
+  unknown = [s for s in schemes if s not in NORMS]
+  if unknown or not schemes:
+    parser.error(f'unknown scheme(s) {", ".join(unknown) or "(none given)"}; valid schemes: '
+                 f'{", ".join(NORMS)}')
+  if args.parallel < 1:
+    parser.error(f'--parallel must be >= 1, got {args.parallel}')
+  args.schemes = list(dict.fromkeys(schemes))
+  return args, extra
+
+
+def main(argv=None) -> int:
+  args, extra = parse_args(argv)
+  rows = make_rows(args.table, args.root, args.size, args.schemes, args.seed, extra)
+  for row in rows:
+    collect(row, args.table, args.size, args.seed, extra)
+  code = 0
+  if args.launch:
+    todo = [row for row in rows if needs_launch(row)]
+    if todo:
+      print(f'{args.table} ({args.size}): training {len(todo)} run(s), {args.parallel} at a '
+            f'time; logs in <workdir>/train.log', flush=True)
+      outcome = launch(todo, args.parallel)
+      if outcome is None:
+        print('\ninterrupted: the running trainings were stopped (they checkpoint on SIGTERM); '
+              'rerun the same command to resume', file=sys.stderr)
+        code = 130
+      for row in rows:
+        collect(row, args.table, args.size, args.seed, extra)
+        if outcome and row['scheme'] in outcome and outcome[row['scheme']][0] != 0:
+          row['status'] = (f'failed (exit {outcome[row["scheme"]][0]}), see '
+                           f'{row["workdir"]}/train.log')
+          code = code or 1
+  text = markdown(args.table, args.size, rows)
+  out = args.out or os.path.join(table_dir(args.root, args.table, args.size), 'TABLE.md')
+  json_path = write_outputs(out, text, report_json(args.table, args.size, args.seed, rows))
+  print(text)
+  print(f'wrote {out} and {json_path}')
+  todo = [row for row in rows if needs_launch(row)]
+  if todo and not args.launch:
+    print(f'\n{len(todo)} row(s) not finished. Rerun with --launch, or run from the repository '
+          'root:')
+    for row in todo:
+      print(row['command'])
+  failed = [row for row in rows if row['status'].startswith('failed')]
+  if failed:
+    print('failed: ' + ', '.join(row['scheme'] for row in failed), file=sys.stderr)
+  return code
+
+
+if __name__ == '__main__':
+  sys.exit(main())
