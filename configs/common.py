@@ -100,7 +100,13 @@ def optimizer_section(name: str, learning_rate: float):
 def train_section(*, num_steps: int, log_every: int, eval_every: int, checkpoint_every: int):
   return ml_collections.ConfigDict(dict(
       num_steps=num_steps, log_every_steps=log_every, eval_every_steps=eval_every,
-      checkpoint_every_steps=checkpoint_every, keep_checkpoints=2, progress_bar=True))
+      checkpoint_every_steps=checkpoint_every, keep_checkpoints=2, progress_bar=True,
+      # Data parallelism (normrnn/parallel.py): 1 = one device; N = the first N devices; -1 = all.
+      # The batch is split over the devices; BN statistics stay those of the global batch.
+      num_devices=1,
+      # Multi-host: call jax.distributed.initialize (coordinator from the cluster environment)
+      # before anything touches jax; every process then runs the same command.
+      distributed=False))
 
 
 def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: int,

@@ -18,7 +18,7 @@ SECTIONS = {
     'optimizer': ('name', 'learning_rate', 'clip_norm', 'rmsprop_decay', 'rmsprop_eps', 'adam_b1',
                   'adam_b2', 'adam_eps'),
     'train': ('num_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'progress_bar'),
+              'keep_checkpoints', 'progress_bar', 'num_devices', 'distributed'),
     'eval': ('modes', 'select_metric', 'eval_batches', 'popstats', 'reestimate_batches',
              'reestimate_batch_size', 'full_stream', 'stream_chunk'),
     'wandb': ('mode', 'project', 'group', 'name', 'tags', 'init_timeout_s', 'tensorboard'),
@@ -106,6 +106,11 @@ def validate(config) -> None:
   for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints'):
     _positive(f'train.{name}', t[name])
+  if t.num_devices != -1:
+    _positive('train.num_devices', t.num_devices, allow_minus_one=True)
+  if t.num_devices > 1 and d.batch_size % t.num_devices:
+    _fail(f'data.batch_size={d.batch_size} is not divisible by train.num_devices='
+          f'{t.num_devices}: every device must get the same number of examples')
   if not e.modes or any(mode not in EVAL_MODES for mode in e.modes):
     _fail(f'eval.modes={tuple(e.modes)!r}: each must be one of {", ".join(EVAL_MODES)}')
   valid_select = [f'{prefix}/{metric}'

@@ -26,9 +26,12 @@ GSPMD propagation.
 
 Multi-host: call `initialize_distributed(...)` (a thin wrapper of `jax.distributed.initialize`)
 in every process before anything else touches jax, then build the mesh as usual; `jax.devices()`
-then lists the devices of all hosts. `shard_batch` then takes each process's LOCAL part of the
-global batch (global batch = process_count x local batch). This path is untested here (one
-host, CPU only).
+then lists the devices of all hosts. normrnn's batches are a function of (seed, step), so every
+process builds the same GLOBAL batch and `shard_batch` contributes this process's contiguous
+rows of it. This path is untested here (one host, CPU only).
+
+Selected from the config: `train.num_devices` (1, N or -1 = all) and `train.distributed`
+(normrnn/trainer.py, normrnn/train.py).
 """
 from __future__ import annotations
 
@@ -78,8 +81,8 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
   """Puts every array of `batch` on the mesh with its leading (batch) axis split over 'data'.
 
   Args:
-    batch: dict of numpy (or jax) arrays with a common leading batch axis (on several hosts:
-      this process's local part).
+    batch: dict of numpy (or jax) arrays with a common leading batch axis: the GLOBAL batch
+      (on several hosts every process passes the same one and contributes its own rows).
     mesh: from `make_mesh`.
 
   Raises:
@@ -87,7 +90,7 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
       devices on the 'data' axis (each device must get the same number of examples).
   """
   n = mesh.shape[DATA_AXIS]
-  local = n // jax.process_count()
+  processes, pid = jax.process_count(), jax.process_index()
   sharding = batch_sharding(mesh)
   out = {}
   for name, value in batch.items():
@@ -95,13 +98,15 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
     if not shape:
       raise ValueError(f'shard_batch: {name!r} is a scalar; every batch entry needs a leading '
                        'batch axis')
-    if shape[0] % local:
+    if shape[0] % n:
       raise ValueError(
-          f'shard_batch: batch size {shape[0]} of {name!r} is not divisible by the {local} '
-          f'devices of the data axis; use a batch size that is a multiple of {local} (or '
+          f'shard_batch: batch size {shape[0]} of {name!r} is not divisible by the {n} '
+          f'devices of the data axis; use a batch size that is a multiple of {n} (or '
           'pad the batch with zero-weight rows).')
-    if jax.process_count() > 1:
-      out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
+    if processes > 1:
+      rows = shape[0] // processes
+      local = np.asarray(value)[pid * rows:(pid + 1) * rows]
+      out[name] = jax.make_array_from_process_local_data(sharding, local, shape)
     else:
       out[name] = jax.device_put(value, sharding)
   return out

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from normrnn import config_check, losses, models, optim, popstats
+from normrnn import config_check, losses, models, optim, parallel, popstats
 from normrnn.checkpoint import Checkpointer
 from normrnn.data import make_task
 from normrnn.jsonio import write_json_atomic
@@ -34,7 +34,7 @@ from normrnn.writers import MetricWriter
 # Fields that may differ between a checkpoint's config and the resuming run's config.
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every_steps', 'train.eval_every_steps',
                      'train.checkpoint_every_steps', 'train.keep_checkpoints',
-                     'train.progress_bar', 'data.dir', 'data.download', 'wandb.mode',
+                     'train.progress_bar', 'train.num_devices', 'train.distributed', 'data.dir', 'data.download', 'wandb.mode',
                      'wandb.name', 'wandb.tags', 'wandb.init_timeout_s', 'wandb.tensorboard')
 EVAL_PREFIX = {'population': 'val', 'batch': 'val_batch'}
 
@@ -145,6 +145,29 @@ def _hardware():
               jax=jax.__version__, flax=flax.__version__, python=platform.python_version())
 
 
+def _mesh(config):
+  """The data-parallel mesh of `train.num_devices`, or None for a single device."""
+  n = config.train.num_devices
+  if n == 1:
+    return None
+  mesh = parallel.make_mesh(None if n == -1 else n)
+  devices = mesh.shape[parallel.DATA_AXIS]
+  if config.data.batch_size % devices:
+    raise config_check.ConfigError(
+        f'data.batch_size={config.data.batch_size} is not divisible by the {devices} devices of '
+        'train.num_devices=-1; choose a batch size that is a multiple of the device count')
+  return mesh
+
+
+def _place_batch(batch, *, mesh):
+  """Splits a batch over the mesh; a batch whose size the devices do not divide (the last
+  evaluation batch of a split) is computed replicated instead. Either way the sums are those of
+  the whole batch."""
+  if len(next(iter(batch.values()))) % mesh.shape[parallel.DATA_AXIS]:
+    return parallel.replicate(batch, mesh)
+  return parallel.shard_batch(batch, mesh)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, evaluates and writes results.json; returns the results dict."""
   config_check.validate(config)
@@ -189,7 +212,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         wandb_init_timeout_s=config.wandb.init_timeout_s,
                         tensorboard=config.wandb.tensorboard, resume_step=start)
 
-  train_step = jax.jit(make_train_step(model, tx, task.kind), donate_argnums=0)
+  mesh = _mesh(config)
+  if mesh is None:
+    train_step = jax.jit(make_train_step(model, tx, task.kind), donate_argnums=0)
+    place = lambda batch: batch
+  else:  # the state replicated, every batch split over the 'data' axis of the mesh
+    state = parallel.replicate(state, mesh)
+    train_step = parallel.jit_data_parallel(make_train_step(model, tx, task.kind), mesh,
+                                            donate=True)
+    place = functools.partial(_place_batch, mesh=mesh)
   eval_step = jax.jit(make_eval_step(model, task.kind), static_argnames='mode')
   eval_rng = jax.random.fold_in(noise_key, 1)
 
@@ -198,7 +229,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     for i, batch in enumerate(task.eval_batches(split)):
       if max_batches != -1 and i >= max_batches:
         break
-      out = eval_step(params, batch_stats, batch, eval_rng, mode=mode)
+      out = eval_step(params, batch_stats, place(batch), eval_rng, mode=mode)
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     return losses.summarize(jax.device_get(sums), task.kind)
 
@@ -221,7 +252,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   window_start, acc, acc_n = first, None, 0
   try:
     for step in range(first + 1, num_steps + 1):
-      state, metrics = train_step(state, task.train_batch(step - 1))
+      state, metrics = train_step(state, place(task.train_batch(step - 1)))
       acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
       acc_n += 1
       bar.update(1)
