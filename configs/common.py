@@ -77,13 +77,18 @@ def norm_section(name: str, *, gamma: float, max_time_steps: int, stats_rate: fl
   ))
 
 
-def model_section(*, cell: str, hidden: int, recurrent_init: str, h0_noise: float, norm):
+def model_section(*, cell: str, hidden: int, recurrent_init: str, h0_noise: float, norm,
+                  hoist_input: bool):
   return ml_collections.ConfigDict(dict(
       cell=cell, hidden=hidden, layers=1, recurrent_init=recurrent_init,
       forget_bias=1.0,   # paper code: forget slice of the bias starts at 1
       h0_noise=h0_noise,
-      unroll=1,          # scan unroll; 1 is fastest on CPU (ecosystem.md sec. 5)
+      unroll=1,          # scan unroll; 1 is fastest on CPU (docs/benchmarks.md)
       remat=False,
+      # Input projection + input-term norm before the time loop (True) or in each step (False):
+      # speed/memory only, same values. False for one-pixel inputs (MNIST), True for one-hot
+      # characters (docs/benchmarks.md).
+      hoist_input=hoist_input,
       norm=norm))
 
 

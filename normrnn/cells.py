@@ -47,6 +47,12 @@ class NormLSTMCell(nn.Module):
     forget_bias: initial forget-gate bias (1.0 in the paper).
     h0_noise: std of the noise added to h_0 (0 = none).
     train: batch statistics and statistic updates (True) or population statistics (False).
+    hoist_input: compute the input projection W_x x_t and its normalization for all steps before
+      the loop (True; best when W_x x is a real matmul, e.g. PTB's 50 -> 4000) or inside each
+      step (False; best for tiny inputs such as MNIST's one pixel, where the hoisted
+      [time, batch, 4H] tensor costs more memory traffic than it saves). Same values either way
+      (tested); schemes whose input statistics need the whole sequence (`sequence`) are always
+      hoisted.
   """
   hidden: int
   input_features: int
@@ -56,6 +62,7 @@ class NormLSTMCell(nn.Module):
   forget_bias: float
   h0_noise: float
   train: bool
+  hoist_input: bool = True
 
   def setup(self):
     h, d = self.hidden, self.input_features
@@ -77,11 +84,17 @@ class NormLSTMCell(nn.Module):
                  cell=(h, s.cell.stats_kind))
     return {k: v for k, v in specs.items() if v[1] is not None}
 
+  def _input_in_loop(self):
+    return not (self.hoist_input or self.scheme.input.needs_whole_sequence)
+
   def hoist(self, x, mask, stats, carry):
-    a = jnp.einsum('tbd,dk->tbk', x, self.kernel_x_norm(self.kernel_x))
+    kernel_x = self.kernel_x_norm(self.kernel_x)
+    consts = dict(kernel_h=self.kernel_h_norm(self.kernel_h))
+    if self._input_in_loop():  # the step projects and normalizes x_t itself
+      return x, dict(consts, kernel_x=kernel_x), {}, carry
+    a = jnp.einsum('tbd,dk->tbk', x, kernel_x)
     a, moments, state = self.input_norm(a, x=x, mask=mask, stats=stats.get('input'),
                                         state=carry['norm']['input'])
-    consts = dict(kernel_h=self.kernel_h_norm(self.kernel_h))
     carry = dict(carry, norm=dict(carry['norm'], input=state))
     return a, consts, dict(input=moments), carry
 
@@ -96,6 +109,11 @@ class NormLSTMCell(nn.Module):
 
   def step(self, carry, inputs_t, mask_t, stats_t, consts, probe_t=None):
     h_prev, c_prev = carry['h'], carry['c']
+    moments, norm_state = {}, dict(carry['norm'])
+    if self._input_in_loop():  # inputs_t is x_t
+      inputs_t, moments['input'], norm_state['input'] = self.input_norm(
+          inputs_t @ consts['kernel_x'], x=inputs_t, mask=mask_t, stats=stats_t.get('input'),
+          state=carry['norm']['input'])
     a_h = h_prev @ consts['kernel_h']
     a_h, mom_h, st_h = self.recurrent_norm(a_h, x=h_prev, mask=mask_t,
                                            stats=stats_t.get('recurrent'),
@@ -109,10 +127,10 @@ class NormLSTMCell(nn.Module):
     if probe_t is not None:
       h = h + probe_t
     keep = mask_t[:, None] > 0
-    norm = dict(carry['norm'], recurrent=st_h, cell=st_c)
+    norm = dict(norm_state, recurrent=st_h, cell=st_c)
     new = _hold(keep, dict(h=h, c=c, norm=norm), carry)
     y = new['h'] * mask_t[:, None]
-    return new, y, dict(recurrent=mom_h, cell=mom_c)
+    return new, y, dict(moments, recurrent=mom_h, cell=mom_c)
 
 
 TANH_RNN_SCHEMES = ('none', 'batch', 'layer', 'streaming')
@@ -137,6 +155,7 @@ class TanhRNNCell(nn.Module):
   forget_bias: float  # unused (no gates); kept so every cell takes the same config
   h0_noise: float
   train: bool
+  hoist_input: bool = True  # as in NormLSTMCell (the projection only: the norm acts on the sum)
 
   def setup(self):
     if self.scheme.name not in TANH_RNN_SCHEMES:
@@ -156,6 +175,8 @@ class TanhRNNCell(nn.Module):
 
   def hoist(self, x, mask, stats, carry):
     del mask, stats
+    if not self.hoist_input:
+      return x, dict(kernel_h=self.kernel_h, kernel_x=self.kernel_x), {}, carry
     return jnp.einsum('tbd,dk->tbk', x, self.kernel_x), dict(kernel_h=self.kernel_h), {}, carry
 
   def initialize_carry(self, batch_size: int):
@@ -166,6 +187,8 @@ class TanhRNNCell(nn.Module):
 
   def step(self, carry, inputs_t, mask_t, stats_t, consts, probe_t=None):
     h_prev = carry['h']
+    if not self.hoist_input:  # inputs_t is x_t
+      inputs_t = inputs_t @ consts['kernel_x']
     pre = inputs_t + h_prev @ consts['kernel_h'] + self.bias
     pre, mom, st = self.sum_norm(pre, x=pre, mask=mask_t, stats=stats_t.get('sum'),
                                  state=carry['norm'])

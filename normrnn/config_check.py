@@ -13,7 +13,7 @@ SECTIONS = {
     'data': ('name', 'dir', 'source', 'download', 'pixel_order', 'permutation_seed', 'seq_len',
              'batch_size', 'eval_batch_size'),
     'model': ('cell', 'hidden', 'layers', 'recurrent_init', 'forget_bias', 'h0_noise', 'unroll',
-              'remat', 'norm'),
+              'remat', 'hoist_input', 'norm'),
     'model.norm': ('name', 'gamma_init', 'eps', 'streaming_mix', 'max_time_steps', 'stats_rate'),
     'optimizer': ('name', 'learning_rate', 'clip_norm', 'rmsprop_decay', 'rmsprop_eps', 'adam_b1',
                   'adam_b2', 'adam_eps'),

@@ -31,6 +31,8 @@ class RNNSpec:
     stats_rate: rate of the running averages of the population statistics.
     unroll: scan unroll.
     remat: recompute step activations in the backward pass.
+    hoist_input: input projection (and its normalization) before the loop (True) or in each step
+      (False); see `normrnn.cells.NormLSTMCell`. Speed and memory only: the values are the same.
   """
   cell: str
   hidden: int
@@ -44,6 +46,7 @@ class RNNSpec:
   stats_rate: float
   unroll: int
   remat: bool
+  hoist_input: bool = True
 
   def __post_init__(self):
     cells.get_cell(self.cell)
@@ -60,7 +63,7 @@ class RNNSpec:
     cell_cls, scheme = cells.get_cell(self.cell), get_scheme(self.norm)
     layer_cells = tuple(
         cell_cls(self.hidden, input_features if i == 0 else self.hidden, scheme, self.options,
-                 self.recurrent_init, self.forget_bias, self.h0_noise, train)
+                 self.recurrent_init, self.forget_bias, self.h0_noise, train, self.hoist_input)
         for i in range(self.layers))
     return RecurrentStack(layer_cells, self.max_time_steps, self.stats_rate,
                           reverse=(False,) * self.layers, unroll=self.unroll, remat=self.remat,
@@ -117,7 +120,7 @@ def spec_from_config(model_cfg) -> RNNSpec:
       options=NormOptions(gamma_init=n.gamma_init, eps=n.eps, streaming_mix=n.streaming_mix),
       recurrent_init=model_cfg.recurrent_init, forget_bias=model_cfg.forget_bias,
       h0_noise=model_cfg.h0_noise, max_time_steps=n.max_time_steps, stats_rate=n.stats_rate,
-      unroll=model_cfg.unroll, remat=model_cfg.remat)
+      unroll=model_cfg.unroll, remat=model_cfg.remat, hoist_input=model_cfg.hoist_input)
 
 
 def build_model(model_cfg, *, kind: str, num_classes: int) -> nn.Module:

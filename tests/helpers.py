@@ -18,10 +18,11 @@ def options(scheme):
 
 
 def make_layer(scheme, *, train, hidden=3, features=2, t_max=5, reverse=False, cell='lstm',
-               recurrent_init='orthogonal', unroll=1, remat=False, h0_noise=0.0):
+               recurrent_init='orthogonal', unroll=1, remat=False, h0_noise=0.0,
+               hoist_input=True):
   cell_cls = cells.get_cell(cell)
   c = cell_cls(hidden, features, NORMS[scheme], options(scheme), recurrent_init, 1.0, h0_noise,
-               train)
+               train, hoist_input)
   return recurrent.Recurrent(c, max_time_steps=t_max, stats_rate=RATE, reverse=reverse,
                              unroll=unroll, remat=remat)
 

@@ -173,3 +173,33 @@ def test_layer_norm_gain_init_and_bn_gamma_init_follow_options():
     assert 'beta' not in params['cell']['input_norm']
     assert 'beta' not in params['cell']['recurrent_norm']
     np.testing.assert_allclose(params['cell']['cell_norm']['beta'], 0.0)
+
+
+@pytest.mark.parametrize('axes, shape', [((0,), (6, 5)), ((1,), (4, 6, 5)), ((0, 1), (4, 6, 5))])
+def test_masked_standardize_gradient_equals_autodiff_of_the_formula(axes, shape):
+  """The hand-written BN backward pass (base.masked_standardize) == jax autodiff of the plain
+  masked formula, for the output AND the returned moments, with padded positions, in float64."""
+  from normrnn.norms import base
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=shape) * 2 + 1)
+    mask = np.ones(shape[:-1])
+    mask[(-1,) * (len(shape) - 1)] = 0  # one padded position
+    mask[(0,) * (len(shape) - 1)] = 0
+    mask = jnp.asarray(mask)
+    w = [jnp.asarray(rng.normal(size=s)) for s in (shape, shape[-1:], shape[-1:])]
+
+    def reference(a):
+      mean, var, count = base.masked_moments(a, mask, axes)
+      y = base.standardize(a, jnp.expand_dims(mean, axes), jnp.expand_dims(var, axes), 1e-5)
+      return y, mean, var, count
+
+    def loss(fn, a):
+      y, mean, var, _ = fn(a)
+      return jnp.sum(w[0] * jnp.sin(y)) + jnp.sum(w[1] * mean) + jnp.sum(w[2] * var)
+
+    ours = lambda a: base.masked_standardize(a, mask, axes, 1e-5)
+    for x, y in zip(ours(a), reference(a)):
+      np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(jax.grad(lambda a: loss(ours, a))(a),
+                               jax.grad(lambda a: loss(reference, a))(a), rtol=1e-9, atol=1e-11)

@@ -88,6 +88,36 @@ def test_unroll_and_remat_change_nothing(scheme):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), base, other)
 
 
+@pytest.mark.parametrize('scheme', SCHEMES)
+@pytest.mark.parametrize('cell', ['lstm', 'tanh_rnn'])
+def test_input_in_the_loop_equals_hoisted_input(scheme, cell):
+  """hoist_input=False (W_x x_t and its norm inside each step) computes exactly what the hoisted
+  path computes: outputs, updated population tables, moments and gradients in training (masked,
+  reversed), and outputs in evaluation with population statistics (sequence-wise BN is always
+  hoisted, so its two layers must agree trivially)."""
+  if cell == 'tanh_rnn' and scheme not in ('none', 'batch', 'layer', 'streaming'):
+    pytest.skip('the tanh RNN supports none, batch, layer and streaming')
+  x, mask = helpers.data(lengths=[5, 2, 4, 3], seed=8)
+  results = []
+  for hoist in (True, False):
+    layer = helpers.make_layer(scheme, train=True, cell=cell, reverse=True, hoist_input=hoist)
+    variables = layer.init(jax.random.PRNGKey(0), x, mask)
+    variables = dict(variables, params=helpers.perturb_params(variables['params'],
+                                                              jax.random.PRNGKey(1)))
+
+    def loss(p, layer=layer, variables=variables):
+      (y, _), upd = layer.apply({**variables, 'params': p}, x, mask,
+                                mutable=['batch_stats', 'moments'])
+      return jnp.sum(jnp.sin(y)), (y, upd)
+
+    (_, (y, upd)), grads = jax.value_and_grad(loss, has_aux=True)(variables['params'])
+    eval_layer = helpers.make_layer(scheme, train=False, cell=cell, hoist_input=hoist)
+    stats = upd.get('batch_stats', {})
+    y_eval, _ = eval_layer.apply({'params': variables['params'], 'batch_stats': stats}, x, mask)
+    results.append((y, upd, grads, y_eval))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), results[0], results[1])
+
+
 def test_stack_equals_layers_applied_in_turn():
   x, mask = helpers.data(lengths=[5, 3, 4, 2], seed=6)
   opts = helpers.options('batch')

@@ -35,6 +35,7 @@ Class attributes tell the scan what to allocate: `stats_kind` is None, 'per_step
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -92,6 +93,54 @@ def masked_moments(a: jax.Array, mask: jax.Array, axes: tuple[int, ...]):
   return mean, var, count[..., 0]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def masked_standardize(a: jax.Array, mask: jax.Array, axes: tuple[int, ...], eps: float):
+  """BN's core: (a - mean) / sqrt(var + eps) with the masked moments of `masked_moments`.
+
+  Returns (y, mean, var, count). Same values as `standardize(a, *masked_moments(a, mask, axes))`,
+  but with a hand-written backward pass (the classic BN gradient, masked):
+
+    da = r * (dy - m * (sum(dy) + y * sum(dy * y)) / n)   (+ the terms of d mean, d var)
+
+  with r = 1/sqrt(var + eps), n the number of valid positions and the sums over `axes` (all
+  positions: a padded position's y also depends on the valid positions' mean and r). It saves only y and r for
+  the backward pass and needs two reductions there, where autodiff of the forward formula saves
+  more and reduces more; inside the time loop that is most of BN's cost on CPU
+  (docs/benchmarks.md).
+  """
+  return _masked_standardize_fwd(a, mask, axes, eps)[0]
+
+
+def _masked_standardize_fwd(a, mask, axes, eps):
+  m = mask.astype(a.dtype)[..., None]
+  n = jnp.maximum(jnp.sum(m, axis=axes, keepdims=True), 1.0)
+  mean = jnp.sum(a * m, axis=axes, keepdims=True) / n
+  centered = a - mean
+  var = jnp.sum(jnp.square(centered) * m, axis=axes, keepdims=True) / n
+  r = jax.lax.rsqrt(var + eps)
+  y = centered * r
+  count = jnp.sum(m, axis=axes)[..., 0]
+  out = (y, jnp.squeeze(mean, axes), jnp.squeeze(var, axes), count)
+  return out, (y, r, m, n)
+
+
+def _masked_standardize_bwd(axes, eps, res, cts):
+  del eps
+  y, r, m, n = res
+  dy, dmean, dvar, _ = cts
+  # Every position's y (padded ones too) depends on the mean and r of the valid ones.
+  s1 = jnp.sum(dy, axis=axes, keepdims=True) / n
+  s2 = jnp.sum(dy * y, axis=axes, keepdims=True) / n
+  da = r * (dy - m * (s1 + y * s2))
+  # Cotangents of the returned moments (zero when only y is used by the loss):
+  # d mean / da = m / n; d var / da = 2 (a - mean) m / n = 2 y m / (r n).
+  da = da + m * (jnp.expand_dims(dmean, axes) + 2.0 * y * jnp.expand_dims(dvar, axes) / r) / n
+  return da, None
+
+
+masked_standardize.defvjp(_masked_standardize_fwd, _masked_standardize_bwd)
+
+
 def combine_moments(mean: jax.Array, var: jax.Array, count: jax.Array):
   """Pools per-step moments [time, F] (with counts [time]) into moments over all valid positions."""
   w = count[:, None]
@@ -124,6 +173,9 @@ class SiteNorm(nn.Module):
   train: bool
 
   stats_kind: ClassVar[str | None] = None
+  # True if the statistics need the whole [time, batch, F] term (sequence-wise BN): such an input
+  # site is always computed before the time loop.
+  needs_whole_sequence: ClassVar[bool] = False
 
   def initial_state(self, batch_size: int, dtype) -> Any:
     """Per-sequence state carried through the time loop (empty unless a scheme needs one)."""

@@ -43,12 +43,14 @@ class BatchStep(base.SiteNorm):
             f'{type(self).__name__} at the {self.site} site uses batch statistics in training, '
             'which are undefined at batch size 1 (the variance is 0, every output equals beta). '
             'Train with batch size >= 2, or evaluate with population statistics (train=False).')
-      mean, var, count = base.masked_moments(a, mask, axes=(base.batch_axis(a),))
+      y, mean, var, count = base.masked_standardize(a, mask, (base.batch_axis(a),),
+                                                    self.options.eps)
       moments = dict(mean=mean, var=var, count=count)
     else:
       mean, var, moments = stats['mean'], stats['var'], None
-    mean, var = base.per_position(mean, a), base.per_position(var, a)
-    y = self.gain() * base.standardize(a, mean, var, self.options.eps)
+      y = base.standardize(a, base.per_position(mean, a), base.per_position(var, a),
+                           self.options.eps)
+    y = self.gain() * y
     return self.shift(y), moments, state
 
 

@@ -19,6 +19,7 @@ class BatchSequence(base.SiteNorm):
   """BN with statistics over batch and time. Only defined where the time axis is present, i.e.
   for the input term, which the scan computes for all steps before the loop."""
   stats_kind = 'shared'
+  needs_whole_sequence = True
 
   @nn.compact
   def __call__(self, a, *, x, mask, stats, state):
@@ -27,11 +28,12 @@ class BatchSequence(base.SiteNorm):
       raise ValueError('sequence-wise BN needs the whole [time, batch, features] term; it can only '
                        f'sit at the input site, not at the {self.site} site.')
     if self.train:
-      mean, var, count = base.masked_moments(a, mask, axes=(0, 1))
+      y, mean, var, count = base.masked_standardize(a, mask, (0, 1), self.options.eps)
       moments = dict(mean=mean, var=var, count=count)
     else:
       mean, var, moments = stats['mean'], stats['var'], None
-    y = self.gain() * base.standardize(a, mean, var, self.options.eps)
+      y = base.standardize(a, mean, var, self.options.eps)
+    y = self.gain() * y
     return self.shift(y), moments, state
 
 
