@@ -86,8 +86,8 @@ def model_section(*, cell: str, hidden: int, recurrent_init: str, h0_noise: floa
       unroll=1,          # scan unroll; 1 is fastest on CPU (docs/benchmarks.md)
       remat=False,
       # Input projection + input-term norm before the time loop (True) or in each step (False):
-      # speed/memory only, same values. False for one-pixel inputs (MNIST), True for one-hot
-      # characters (docs/benchmarks.md).
+      # speed/memory only, same values. On CPU the in-step form is faster for both MNIST's one
+      # pixel and PTB's one-hot characters (docs/benchmarks.md); try True on accelerators.
       hoist_input=hoist_input,
       norm=norm))
 

@@ -48,9 +48,9 @@ class NormLSTMCell(nn.Module):
     h0_noise: std of the noise added to h_0 (0 = none).
     train: batch statistics and statistic updates (True) or population statistics (False).
     hoist_input: compute the input projection W_x x_t and its normalization for all steps before
-      the loop (True; best when W_x x is a real matmul, e.g. PTB's 50 -> 4000) or inside each
-      step (False; best for tiny inputs such as MNIST's one pixel, where the hoisted
-      [time, batch, 4H] tensor costs more memory traffic than it saves). Same values either way
+      the loop (True: one large matmul) or inside each step (False: the hoisted [time, batch, 4H]
+      tensor and the batch reductions over it cost more memory traffic than they save; faster on
+      CPU for both the MNIST and the PTB shape, docs/benchmarks.md). Same values either way
       (tested); schemes whose input statistics need the whole sequence (`sequence`) are always
       hoisted.
   """

@@ -11,7 +11,7 @@ Models: flax_optimized_lstm = `nn.RNN(nn.OptimizedLSTMCell(H))` + Dense, the ref
 1 always: --unroll/--remat go to the normrnn models as RNNSpec.unroll/remat); one per scheme of
 `normrnn.norms.NORMS` (`models.SequenceClassifier` for smnist, `models.CharLM` for ptb; gamma
 0.1 for the BN family, 1.0 otherwise; W_h orthogonal; max_time_steps = the sequence length;
-hoist_input as the task configs: False for smnist's one pixel, True for ptb's one-hot 50);
+hoist_input as the task configs (False: faster for both shapes on CPU, docs/benchmarks.md));
 torch_lstm = `torch.nn.LSTM` + Linear + Adam when torch imports (threads = CPU count).
 
 gflops = nominal matmul FLOPs of one train step / median time, the same count for every model:
@@ -49,7 +49,7 @@ SHAPES = {  # per_step: loss at every step; stats_rate as in the paper's code (R
     'smnist': dict(batch=64, length=784, features=1, hidden=100, classes=10, per_step=False,
                    stats_rate=0.01, hoist_input=False),
     'ptb': dict(batch=64, length=100, features=50, hidden=1000, classes=50, per_step=True,
-                stats_rate=0.05, hoist_input=True),
+                stats_rate=0.05, hoist_input=False),
 }
 BN_FAMILY = ('batch', 'batch_input', 'sequence')
 REF, TORCH = 'flax_optimized_lstm', 'torch_lstm'
@@ -234,7 +234,7 @@ def main(argv=None):
   p.add_argument('--unroll', type=int, default=1, help='RNNSpec.unroll of the normrnn models')
   p.add_argument('--remat', action='store_true', help='RNNSpec.remat of the normrnn models')
   p.add_argument('--hoist-input', choices=('auto', 'true', 'false'), default='auto',
-                 help='RNNSpec.hoist_input; auto = as the task configs (smnist false, ptb true)')
+                 help='RNNSpec.hoist_input; auto = as the task configs (false)')
   p.add_argument('--eval-length', type=int, default=0, help='also time an eval forward pass')
   p.add_argument('--no-torch', action='store_true', help='skip the torch column')
   args = p.parse_args(argv)
