@@ -42,7 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from normrnn import losses, models, optim, popstats, trainer  # noqa: E402
+from normrnn import config_check, losses, models, optim, popstats, trainer  # noqa: E402
 from normrnn.checkpoint import Checkpointer  # noqa: E402
 from normrnn.data import make_task  # noqa: E402
 from normrnn.norms import get_scheme  # noqa: E402
@@ -72,7 +72,7 @@ def load_run(workdir: str, data_dir: str | None = None):
     (config, task, model, TrainState restored from best/, the restored step).
   """
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(config_check.upgrade_saved_config(json.load(f)))
   if data_dir is not None:
     config.data.dir = data_dir
   task = make_task(config.data, config.seed)

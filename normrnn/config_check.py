@@ -5,6 +5,8 @@ no field may be missing or unknown, and impossible values fail here with the val
 """
 from __future__ import annotations
 
+import json
+
 from normrnn import cells, inits, optim
 from normrnn.data import TASK_NAMES
 from normrnn.norms import NORMS, get_scheme
@@ -31,6 +33,28 @@ WANDB_MODES = ('disabled', 'offline', 'online')
 
 class ConfigError(ValueError):
   pass
+
+
+# Fields added after runs were already saved, with the value that reproduces what those runs did.
+# None of them changes the computed values (speed/placement only), so a saved config.json that
+# lacks them is read as if it had these values (`upgrade_saved_config`).
+ADDED_FIELDS = {
+    'model.hoist_input': True,     # 2026-11-24: before, the input term was always hoisted
+    'train.num_devices': 1,        # 2026-11-24: before, always one device
+    'train.distributed': False,
+}
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+  """A saved config.json dict with the fields of ADDED_FIELDS filled in where missing."""
+  out = json.loads(json.dumps(saved))
+  for dotted, value in ADDED_FIELDS.items():
+    *parents, leaf = dotted.split('.')
+    node = out
+    for part in parents:
+      node = node.setdefault(part, {})
+    node.setdefault(leaf, value)
+  return out
 
 
 def _section(config, dotted):

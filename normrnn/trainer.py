@@ -34,7 +34,8 @@ from normrnn.writers import MetricWriter
 # Fields that may differ between a checkpoint's config and the resuming run's config.
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every_steps', 'train.eval_every_steps',
                      'train.checkpoint_every_steps', 'train.keep_checkpoints',
-                     'train.progress_bar', 'train.num_devices', 'train.distributed', 'data.dir', 'data.download', 'wandb.mode',
+                     'train.progress_bar', 'train.num_devices', 'train.distributed',
+                     'model.hoist_input', 'data.dir', 'data.download', 'wandb.mode',
                      'wandb.name', 'wandb.tags', 'wandb.init_timeout_s', 'wandb.tensorboard')
 EVAL_PREFIX = {'population': 'val', 'batch': 'val_batch'}
 
@@ -71,7 +72,8 @@ def _flatten(d, prefix=''):
 def check_resume_config(saved: dict | None, current: dict) -> None:
   if saved is None:
     return
-  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+  a = _flatten(config_check.upgrade_saved_config(saved))
+  b = _flatten(json.loads(json.dumps(current)))
   changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
   if changed:
     details = '; '.join(f'{k}: checkpoint {a.get(k)!r} -> now {b.get(k)!r}' for k in changed)
