@@ -25,7 +25,7 @@ def get_config(arg=None):
       data=common.data_section(name=a.data or 'digits', dir='', pixel_order=a.pixel_order,
                                seq_len=64, batch_size=64, eval_batch_size=180),
       model=common.model_section(
-          cell='lstm', hoist_input=False,
+          cell='lstm', hoist_input=False, remat=False,
           hidden=8 if smoke else 64, recurrent_init='identity_orthogonal',
           h0_noise=0.0,
           norm=common.norm_section(a.norm, gamma=a.gamma, max_time_steps=64, stats_rate=0.05)),

@@ -47,7 +47,7 @@ def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=Fal
                                seq_len=sizes['seq_len'], batch_size=sizes['batch'],
                                eval_batch_size=sizes['eval_batch']),
       model=common.model_section(
-          cell='lstm', hoist_input=False,
+          cell='lstm', hoist_input=False, remat=False,
           hidden=sizes['hidden'], recurrent_init='orthogonal', h0_noise=0.0,
           norm=common.norm_section(a.norm, gamma=a.gamma, max_time_steps=sizes['seq_len'] - 1,
                                    stats_rate=0.05)),

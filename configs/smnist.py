@@ -45,7 +45,7 @@ def get_config(arg=None, *, pixel_order='scanline', task='smnist',
                                pixel_order=a.pixel_order, permutation_seed=1, seq_len=784,
                                batch_size=sizes['batch'], eval_batch_size=sizes['eval_batch']),
       model=common.model_section(
-          cell='lstm', hoist_input=False,
+          cell='lstm', hoist_input=False, remat=True,
           hidden=sizes['hidden'], recurrent_init='identity_orthogonal',
           h0_noise=noise, norm=common.norm_section(a.norm, gamma=a.gamma, max_time_steps=784,
                                                    stats_rate=0.01)),

@@ -1,7 +1,8 @@
 """Train-step speed of every normrnn scheme beside flax's OptimizedLSTMCell, in one process.
 
     python scripts/benchmark.py --shape smnist|ptb --json OUT [--reps N] [--schemes a,b,...]
-        [--unroll N] [--remat] [--hoist-input auto|true|false] [--eval-length L] [--no-torch]
+        [--unroll N] [--remat auto|true|false] [--hoist-input auto|true|false] [--eval-length L]
+    [--no-torch]
 
 One float32 train step = forward + backward over the whole sequence + optax Adam update
 (softmax cross-entropy, mean over the targets), jitted; compile (`.lower().compile()`) timed
@@ -11,7 +12,8 @@ Models: flax_optimized_lstm = `nn.RNN(nn.OptimizedLSTMCell(H))` + Dense, the ref
 1 always: --unroll/--remat go to the normrnn models as RNNSpec.unroll/remat); one per scheme of
 `normrnn.norms.NORMS` (`models.SequenceClassifier` for smnist, `models.CharLM` for ptb; gamma
 0.1 for the BN family, 1.0 otherwise; W_h orthogonal; max_time_steps = the sequence length;
-hoist_input as the task configs (False: faster for both shapes on CPU, docs/benchmarks.md));
+hoist_input and remat as the task configs: hoist_input False for both, remat True for smnist and
+False for ptb, the faster settings on CPU, docs/benchmarks.md);
 torch_lstm = `torch.nn.LSTM` + Linear + Adam when torch imports (threads = CPU count).
 
 gflops = nominal matmul FLOPs of one train step / median time, the same count for every model:
@@ -47,9 +49,9 @@ from normrnn.norms import NORMS, NormOptions  # noqa: E402
 
 SHAPES = {  # per_step: loss at every step; stats_rate as in the paper's code (README)
     'smnist': dict(batch=64, length=784, features=1, hidden=100, classes=10, per_step=False,
-                   stats_rate=0.01, hoist_input=False),
+                   stats_rate=0.01, hoist_input=False, remat=True),
     'ptb': dict(batch=64, length=100, features=50, hidden=1000, classes=50, per_step=True,
-                stats_rate=0.05, hoist_input=False),
+                stats_rate=0.05, hoist_input=False, remat=False),
 }
 BN_FAMILY = ('batch', 'batch_input', 'sequence')
 REF, TORCH = 'flax_optimized_lstm', 'torch_lstm'
@@ -97,7 +99,8 @@ def build_model(name, s, args):
       options=NormOptions(gamma_init=0.1 if name in BN_FAMILY else 1.0, eps=1e-5,
                           streaming_mix=0.5),
       recurrent_init='orthogonal', forget_bias=1.0, h0_noise=0.0, max_time_steps=s['length'],
-      stats_rate=s['stats_rate'], unroll=args.unroll, remat=args.remat,
+      stats_rate=s['stats_rate'], unroll=args.unroll,
+      remat=s['remat'] if args.remat == 'auto' else args.remat == 'true',
       hoist_input=s['hoist_input'] if args.hoist_input == 'auto' else args.hoist_input == 'true')
   if s['per_step']:
     return models.CharLM(spec, vocab_size=s['classes'])
@@ -232,7 +235,8 @@ def main(argv=None):
   p.add_argument('--reps', type=int, default=5)
   p.add_argument('--schemes', default=','.join(NORMS), help='comma-separated NORMS keys')
   p.add_argument('--unroll', type=int, default=1, help='RNNSpec.unroll of the normrnn models')
-  p.add_argument('--remat', action='store_true', help='RNNSpec.remat of the normrnn models')
+  p.add_argument('--remat', choices=('auto', 'true', 'false'), default='auto',
+                 help='RNNSpec.remat; auto = as the task configs (smnist true, ptb false)')
   p.add_argument('--hoist-input', choices=('auto', 'true', 'false'), default='auto',
                  help='RNNSpec.hoist_input; auto = as the task configs (false)')
   p.add_argument('--eval-length', type=int, default=0, help='also time an eval forward pass')
