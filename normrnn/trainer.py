@@ -35,8 +35,9 @@ from normrnn.writers import MetricWriter
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every_steps', 'train.eval_every_steps',
                      'train.checkpoint_every_steps', 'train.keep_checkpoints',
                      'train.progress_bar', 'train.num_devices', 'train.distributed',
-                     'model.hoist_input', 'model.remat', 'model.unroll', 'data.dir', 'data.download', 'wandb.mode',
-                     'wandb.name', 'wandb.tags', 'wandb.init_timeout_s', 'wandb.tensorboard')
+                     'model.hoist_input', 'model.remat', 'model.unroll',  # speed only
+                     'data.dir', 'data.download', 'wandb.mode', 'wandb.name', 'wandb.tags',
+                     'wandb.init_timeout_s', 'wandb.tensorboard')
 EVAL_PREFIX = {'population': 'val', 'batch': 'val_batch'}
 
 
