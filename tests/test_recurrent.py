@@ -88,15 +88,12 @@ def test_unroll_and_remat_change_nothing(scheme):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), base, other)
 
 
-@pytest.mark.parametrize('scheme', SCHEMES)
-@pytest.mark.parametrize('cell', ['lstm', 'tanh_rnn'])
-def test_input_in_the_loop_equals_hoisted_input(scheme, cell):
+@pytest.mark.parametrize('cell, scheme', [('lstm', s) for s in SCHEMES] + [('tanh_rnn', 'batch')])
+def test_input_in_the_loop_equals_hoisted_input(cell, scheme):
   """hoist_input=False (W_x x_t and its norm inside each step) computes exactly what the hoisted
   path computes: outputs, updated population tables, moments and gradients in training (masked,
   reversed), and outputs in evaluation with population statistics (sequence-wise BN is always
   hoisted, so its two layers must agree trivially)."""
-  if cell == 'tanh_rnn' and scheme not in ('none', 'batch', 'layer', 'streaming'):
-    pytest.skip('the tanh RNN supports none, batch, layer and streaming')
   x, mask = helpers.data(lengths=[5, 2, 4, 3], seed=8)
   results = []
   for hoist in (True, False):
