@@ -40,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from normrnn.jsonio import finite_or_none  # noqa: E402
 from normrnn.writers import read_metrics  # noqa: E402
 
 TRAIN = 'train/loss'
@@ -321,22 +322,12 @@ def plot(entries, path: str) -> None:
   plt.close(fig)
 
 
-def _strict(obj):
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  if isinstance(obj, dict):
-    return {k: _strict(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_strict(v) for v in obj]
-  return obj
-
-
 def gamma_sensitivity(roots, out: str) -> dict:
   """Reads the sweeps, writes the PNG and the JSON into `out`; returns the JSON object."""
   entries = [summarize(root, load_sweep(root)) for root in roots]
   os.makedirs(out, exist_ok=True)
   plot(entries, os.path.join(out, 'gamma_sensitivity.png'))
-  result = _strict(dict(tasks=entries, command=shlex.join(sys.argv)))
+  result = finite_or_none(dict(tasks=entries, command=shlex.join(sys.argv)))
   with open(os.path.join(out, 'gamma_sensitivity.json'), 'w', encoding='utf-8') as f:
     json.dump(result, f, indent=2, allow_nan=False)
     f.write('\n')

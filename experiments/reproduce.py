@@ -32,7 +32,6 @@ import argparse
 import concurrent.futures
 import importlib.util
 import json
-import math
 import os
 import shlex
 import signal
@@ -45,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from normrnn.norms import NORMS  # noqa: E402
+from normrnn.jsonio import finite_or_none  # noqa: E402
 from normrnn.writers import read_metrics  # noqa: E402
 
 SIZES = ('paper', 'cpu', 'smoke')
@@ -458,22 +458,11 @@ def markdown(table: str, size: str, rows) -> str:
   return '\n'.join(lines)
 
 
-def _finite(obj):
-  """NaN/Inf -> None, recursively, so the JSON is strict."""
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  if isinstance(obj, dict):
-    return {k: _finite(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_finite(v) for v in obj]
-  return obj
-
-
 def report_json(table: str, size: str, seed: int, rows) -> dict:
   keep = ('scheme', 'model', 'paper', 'ours', 'status', 'metric', 'metric_key', 'workdir',
           'command', 'run_command', 'data', 'hardware', 'final_step', 'best_step',
           'wall_time_s', 'last_step', 'num_steps', 'results_metrics', 'differences')
-  return _finite(dict(
+  return finite_or_none(dict(
       table=table, size=size, seed=seed, source=PAPER[table]['source'],
       metric=TABLES[table]['metric'], unit='%' if TABLES[table]['percent'] else 'bpc',
       notes=intro_lines(table, size)[2:-1],

@@ -1,5 +1,7 @@
-"""Atomic JSON files (config.json, results.json, best.json, checkpoint config sidecar)."""
+"""JSON helpers: atomic files (config.json, results.json, best.json, checkpoint config sidecar)
+and strict JSON values (JSON has no NaN or infinity)."""
 import json
+import math
 import os
 from typing import Any
 
@@ -12,3 +14,15 @@ def write_json_atomic(path: str, obj: Any) -> None:
     json.dump(obj, f, indent=2, sort_keys=True, default=str)
     f.write('\n')
   os.replace(tmp, path)
+
+
+def finite_or_none(obj: Any) -> Any:
+  """NaN and +-inf -> None, recursively through dicts, lists and tuples, so that the JSON written
+  from `obj` is strict (readable by any JSON parser)."""
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  if isinstance(obj, dict):
+    return {k: finite_or_none(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_or_none(v) for v in obj]
+  return obj

@@ -1,4 +1,7 @@
-"""Small builders shared by the core tests."""
+"""Small builders shared by the tests."""
+import importlib.util
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,3 +62,15 @@ def data(batch=4, length=5, features=2, seed=0, lengths=None):
 
 def to_numpy(tree):
   return jax.tree.map(np.asarray, tree)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str):
+  """Imports a script of the repository by path (experiments/ and scripts/ are not packages)."""
+  path = ROOT / relative
+  spec = importlib.util.spec_from_file_location(path.stem + '_under_test', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

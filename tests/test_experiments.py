@@ -1,7 +1,6 @@
 """The experiment scripts (experiments/*.py, scripts/sweep.py) on tiny settings."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,26 +14,19 @@ import pytest
 
 from configs import digits, ptb_char
 from normrnn import trainer
+from tests.helpers import load_script
 from tests.test_data import ptb_dir, write_idx  # noqa: F401  (ptb_dir is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
 
 
-def _load(relative: str):
-  """Imports a script of the repository by path (experiments/ and scripts/ are not packages)."""
-  path = ROOT / relative
-  spec = importlib.util.spec_from_file_location(path.stem + '_under_test', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
-
-gradient_flow = _load('experiments/gradient_flow.py')
-tanh_grad = _load('experiments/tanh_grad.py')
-compare = _load('experiments/compare.py')
-length_generalization = _load('experiments/length_generalization.py')
-sweep = _load('scripts/sweep.py')
+gradient_flow = load_script('experiments/gradient_flow.py')
+tanh_grad = load_script('experiments/tanh_grad.py')
+compare = load_script('experiments/compare.py')
+length_generalization = load_script('experiments/length_generalization.py')
+sweep = load_script('scripts/sweep.py')
 
 
 # --- gradient_flow (Fig. 4a) -----------------------------------------------------------------

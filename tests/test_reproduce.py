@@ -7,7 +7,6 @@ metrics.jsonl lines {"step", "time", metrics...}.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from configs import pmnist, ptb_char, smnist
 from normrnn.norms import NORMS
+from tests.helpers import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
@@ -29,16 +29,9 @@ HARDWARE = dict(platform='cpu', device_kind='cpu', device_count=1, cpu_count=2,
 CONFIGS = {'smnist': smnist, 'pmnist': pmnist, 'ptb': ptb_char}
 
 
-def _load(relative: str):
-  path = ROOT / relative
-  spec = importlib.util.spec_from_file_location(path.stem + '_under_test', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
-
-reproduce = _load('experiments/reproduce.py')
-gamma_sensitivity = _load('experiments/gamma_sensitivity.py')
+reproduce = load_script('experiments/reproduce.py')
+gamma_sensitivity = load_script('experiments/gamma_sensitivity.py')
 
 
 # --- fake run directories in the trainer's format ---------------------------------------------
