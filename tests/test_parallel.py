@@ -139,6 +139,8 @@ def _digits_smoke(num_devices, **extra):
   config.train.progress_bar = False
   config.wandb.tensorboard = False
   config.train.num_devices = num_devices
+  config.train.eval_every_steps = config.train.num_steps  # one validation pass, for speed
+  config.eval.reestimate_batches = 4
   for k, v in extra.items():
     setattr(config.data, k, v)
   return config
