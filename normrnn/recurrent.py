@@ -43,10 +43,6 @@ def reverse_valid(x: jax.Array, lengths: jax.Array) -> jax.Array:
   return jnp.take_along_axis(x, idx, axis=1)
 
 
-def _time_major(tree):
-  return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), tree)
-
-
 def _scan_body(cell, carry, xs, consts):
   stats_t = {**consts['shared_stats'], **xs['stats']}
   carry, y, moments = cell.step(carry, xs['inputs'], xs['mask'], stats_t, consts['cell'],
@@ -148,7 +144,7 @@ class Recurrent(nn.Module):
     xs = dict(inputs=inputs, mask=mask_tm,
               stats={s: lookup[s] for s in loop_sites if s in per_step})
     if probe is not None:
-      xs['probe'] = _time_major(probe)
+      xs['probe'] = jnp.swapaxes(probe, 0, 1)
     consts = dict(cell=cell_consts,
                   shared_stats={s: lookup[s] for s in loop_sites if s not in per_step})
 

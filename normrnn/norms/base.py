@@ -112,16 +112,12 @@ def masked_standardize(a: jax.Array, mask: jax.Array, axes: tuple[int, ...], eps
 
 
 def _masked_standardize_fwd(a, mask, axes, eps):
+  mean, var, count = masked_moments(a, mask, axes)
+  r = jax.lax.rsqrt(jnp.expand_dims(var, axes) + eps)
+  y = (a - jnp.expand_dims(mean, axes)) * r
   m = mask.astype(a.dtype)[..., None]
-  n = jnp.maximum(jnp.sum(m, axis=axes, keepdims=True), 1.0)
-  mean = jnp.sum(a * m, axis=axes, keepdims=True) / n
-  centered = a - mean
-  var = jnp.sum(jnp.square(centered) * m, axis=axes, keepdims=True) / n
-  r = jax.lax.rsqrt(var + eps)
-  y = centered * r
-  count = jnp.sum(m, axis=axes)[..., 0]
-  out = (y, jnp.squeeze(mean, axes), jnp.squeeze(var, axes), count)
-  return out, (y, r, m, n)
+  n = jnp.expand_dims(jnp.maximum(count, 1.0), axes)[..., None]
+  return (y, mean, var, count), (y, r, m, n)
 
 
 def _masked_standardize_bwd(axes, eps, res, cts):
