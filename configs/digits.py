@@ -8,8 +8,8 @@ scikit-learn (1,797 images split 1437/180/180). `python scripts/quickstart.py` r
 Commands:
   python -m normrnn.train --config=configs/digits.py:norm=batch --workdir=runs/digits_bn
   python scripts/quickstart.py --workdir runs/quickstart
-Runtime: ~30-45 s per run on 2 CPU cores. Expected: both above 80% test accuracy after 600 steps,
-BN-LSTM ahead early (see README).
+Runtime: ~15-45 s per run on 2 CPU cores. Expected (seed 0, 2026-11-24): LSTM 73.9%, BN-LSTM
+89.4% test accuracy (see README; a few of the 180 test images move with float-level changes).
 """
 from configs import common
 
