@@ -1,10 +1,12 @@
 """Character-level Penn Treebank: Cooijmans et al. 2016 (arXiv:1603.09025), Table 2, Fig. 2.
 
 Paper (test bits per character): LSTM 1.38, BN-LSTM 1.32 (whole test set as one batch-1 sequence
-with re-estimated population statistics; length-100 chunks give ~1.45 / ~1.40, pitfall D.13).
-Setup (spec A.6, B.2): one-hot inputs (50 symbols), 1000 units, batch 64, Adam 2e-3, clip 1.0,
-50 epochs, segments of 100 characters (99 predictions, T_max = 99) with a random offset each
-epoch, orthogonal init, gamma 0.1, EMA rate 0.05; selection on validation error with batch stats.
+with re-estimated population statistics; length-100 chunks give ~1.45 / ~1.40;
+docs/method.md, pitfall P13).
+Setup (docs/method.md, "Tasks and data"): one-hot inputs (50 symbols), 1000 units, batch 64,
+Adam 2e-3, clip 1.0, 50 epochs, segments of 100 characters (99 predictions, T_max = 99) with a
+random offset each epoch, orthogonal init, gamma 0.1, EMA rate 0.05; selection on validation
+error with batch stats.
 
 Commands (argument keys: norm, size, gamma, seed, data):
   python -m normrnn.train --config=configs/ptb_char.py:norm=batch --workdir=runs/ptb_bn
@@ -17,14 +19,14 @@ Sizes: paper = 39,550 steps (50 epochs x 791), about 1.5 s/step on 2 CPU cores (
 on a GPU; cpu = 256 units, 1,000 steps, ~10-15 min on 2 CPU cores; smoke = seconds.
 Expected: paper size 1.32 (BN) / 1.38 (LSTM) test bpc; cpu size: see experiments/RESULTS.md.
 """
-from configs import common
+from normrnn.config import build
 
 VOCAB = 50
 
 
 def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=False):
-  a = common.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0, data='')
-  common.check_choice('size', a.size, common.SIZES)
+  a = build.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0, data='')
+  build.check_choice('size', a.size, build.SIZES)
   if text8:
     paper = dict(data='text8', dir='data/text8', hidden=2000, batch=128, steps=195_000,
                  every=500, lr=1e-3, seq_len=180, eval_batch=100, reest=(-1, 1000))
@@ -40,25 +42,25 @@ def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=Fal
                  steps=4, every=2, lr=2e-3, seq_len=12, eval_batch=8, reest=(1, 4),
                  eval_batches=1),
   )[a.size]
-  modes, select = common.eval_modes(a.norm)
-  return common.experiment(
+  modes, select = build.eval_modes(a.norm)
+  return build.experiment(
       args=a, task=task, paper=f'Cooijmans et al. 2016, {paper_row}',
-      data=common.data_section(name=a.data or sizes['data'], dir=sizes['dir'],
-                               seq_len=sizes['seq_len'], batch_size=sizes['batch'],
-                               eval_batch_size=sizes['eval_batch']),
-      model=common.model_section(
+      data=build.data_section(config_file=__file__, name=a.data or sizes['data'], dir=sizes['dir'],
+                              seq_len=sizes['seq_len'], batch_size=sizes['batch'],
+                              eval_batch_size=sizes['eval_batch']),
+      model=build.model_section(
           cell='lstm', hoist_input=False, remat=False,
           hidden=sizes['hidden'], recurrent_init='orthogonal', h0_noise=0.0,
-          norm=common.norm_section(a.norm, gamma=a.gamma, max_time_steps=sizes['seq_len'] - 1,
-                                   stats_rate=0.05)),
-      optimizer=common.optimizer_section('adam', sizes['lr']),
-      train=common.train_section(num_steps=sizes['steps'], log_every=min(50, sizes['every']),
-                                 eval_every=sizes['every'], checkpoint_every=sizes['every']),
-      eval_=common.eval_section(select_metric=select, modes=modes,
-                                eval_batches=sizes['eval_batches'],
-                                reestimate_batches=sizes['reest'][0],
-                                reestimate_batch_size=sizes['reest'][1],
-                                full_stream=a.size != 'smoke' and not text8),
+          norm=build.norm_section(a.norm, gamma=a.gamma, max_time_steps=sizes['seq_len'] - 1,
+                                  stats_rate=0.05)),
+      optimizer=build.optimizer_section('adam', sizes['lr']),
+      train=build.train_section(num_steps=sizes['steps'], log_every=min(50, sizes['every']),
+                                eval_every=sizes['every'], checkpoint_every=sizes['every']),
+      eval_=build.eval_section(select_metric=select, modes=modes,
+                               eval_batches=sizes['eval_batches'],
+                               reestimate_batches=sizes['reest'][0],
+                               reestimate_batch_size=sizes['reest'][1],
+                               full_stream=a.size != 'smoke' and not text8),
       wandb_group=f'cooijmans2016/{task}')
 
 

@@ -1,16 +1,18 @@
 """Sequential MNIST: Cooijmans et al. 2016 (arXiv:1603.09025), Table 1 column "MNIST", Fig. 1 left.
 
 Paper (test accuracy, re-estimated population statistics): LSTM 98.9, BN-LSTM 99.0.
-Setup (spec A.6): 784 pixels one per step, 100 units, batch 100, RMSProp lr 1e-3 (Blocks rule,
-decay 0.5 as in the released code), global-norm clip 1.0, 200 epochs of 500 steps, W_h = [I, orth],
-BN-LSTM with gamma 0.1 and h_0 noise 0.1 (spec A.4), EMA rate 0.01. Model selection on validation
-error with batch statistics, once per epoch.
+Setup (docs/method.md, "Per-task setup (paper size)"): 784 pixels one per step, 100 units,
+batch 100, RMSProp lr 1e-3 (Blocks rule, decay 0.5 as in the released code), global-norm clip
+1.0, 200 epochs of 500 steps, W_h = [I, orth], BN-LSTM with gamma 0.1 and h_0 noise 0.1
+(docs/method.md, "Initialization"), EMA rate 0.01. Model selection on validation error with
+batch statistics, once per epoch.
 
 Commands (argument keys: norm, size, gamma, seed, pixel_order, data):
   python -m normrnn.train --config=configs/smnist.py:norm=batch --workdir=runs/smnist_bn
   python -m normrnn.train --config=configs/smnist.py:norm=none --workdir=runs/smnist_lstm
   CPU scale, mnist10k (the official test set split 8000/1000/1000, ../shared/data/mnist):
-  python -m normrnn.train --config=configs/smnist.py:norm=batch,size=cpu --workdir=runs/smnist_cpu_bn
+  python -m normrnn.train --config=configs/smnist.py:norm=batch,size=cpu \
+      --workdir=runs/smnist_cpu_bn
   Put train-images-idx3-ubyte.gz etc. in data/mnist, or pass --config.data.download=True, or
   --config.data.source=tfds --config.data.dir=<tfds data_dir>.
 
@@ -19,15 +21,15 @@ Sizes: paper = the paper's setup on full MNIST (50k/10k/10k); 100k steps, about 
 smoke = a few steps of a tiny model, seconds (tests).
 Expected numbers: paper size: 99.0 (BN) / 98.9 (LSTM); cpu size: see experiments/RESULTS.md.
 """
-from configs import common
+from normrnn.config import build
 
 
 def get_config(arg=None, *, pixel_order='scanline', task='smnist',
                paper_row='Table 1, MNIST'):
-  a = common.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0,
-                       pixel_order=pixel_order, data='')
-  common.check_choice('size', a.size, common.SIZES)
-  common.check_choice('pixel_order', a.pixel_order, ('scanline', 'permuted', 'with_replacement'))
+  a = build.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0,
+                      pixel_order=pixel_order, data='')
+  build.check_choice('size', a.size, build.SIZES)
+  build.check_choice('pixel_order', a.pixel_order, ('scanline', 'permuted', 'with_replacement'))
   sizes = dict(  # data, hidden, batch, steps, eval/ckpt every, eval batch, re-estimation batches
       paper=dict(data='mnist', dir='data/mnist', hidden=100, batch=100, steps=100_000, every=500,
                  eval_batch=1000, reest=(10, 5000), eval_batches=-1),
@@ -38,24 +40,24 @@ def get_config(arg=None, *, pixel_order='scanline', task='smnist',
   )[a.size]
   # The paper's noise on h_0 is for the unpermuted BN-LSTM only (zero-variance early steps).
   noise = 0.1 if (a.norm == 'batch' and a.pixel_order == 'scanline') else 0.0
-  modes, select = common.eval_modes(a.norm)
-  return common.experiment(
+  modes, select = build.eval_modes(a.norm)
+  return build.experiment(
       args=a, task=task, paper=f'Cooijmans et al. 2016, {paper_row}',
-      data=common.data_section(name=a.data or sizes['data'], dir=sizes['dir'],
-                               pixel_order=a.pixel_order, permutation_seed=1, seq_len=784,
-                               batch_size=sizes['batch'], eval_batch_size=sizes['eval_batch']),
-      model=common.model_section(
+      data=build.data_section(config_file=__file__, name=a.data or sizes['data'], dir=sizes['dir'],
+                              pixel_order=a.pixel_order, permutation_seed=1, seq_len=784,
+                              batch_size=sizes['batch'], eval_batch_size=sizes['eval_batch']),
+      model=build.model_section(
           cell='lstm', hoist_input=False, remat=True,
           hidden=sizes['hidden'], recurrent_init='identity_orthogonal',
-          h0_noise=noise, norm=common.norm_section(a.norm, gamma=a.gamma, max_time_steps=784,
-                                                   stats_rate=0.01)),
-      optimizer=common.optimizer_section('rmsprop', 1e-3),
-      train=common.train_section(num_steps=sizes['steps'], log_every=min(50, sizes['every']),
-                                 eval_every=sizes['every'], checkpoint_every=sizes['every']),
-      eval_=common.eval_section(select_metric=select, modes=modes,
-                                eval_batches=sizes['eval_batches'],
-                                reestimate_batches=sizes['reest'][0],
-                                reestimate_batch_size=sizes['reest'][1]),
+          h0_noise=noise, norm=build.norm_section(a.norm, gamma=a.gamma, max_time_steps=784,
+                                                  stats_rate=0.01)),
+      optimizer=build.optimizer_section('rmsprop', 1e-3),
+      train=build.train_section(num_steps=sizes['steps'], log_every=min(50, sizes['every']),
+                                eval_every=sizes['every'], checkpoint_every=sizes['every']),
+      eval_=build.eval_section(select_metric=select, modes=modes,
+                               eval_batches=sizes['eval_batches'],
+                               reestimate_batches=sizes['reest'][0],
+                               reestimate_batch_size=sizes['reest'][1]),
       wandb_group=f'cooijmans2016/{task}')
 
 

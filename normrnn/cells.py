@@ -18,7 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from normrnn import inits
-from normrnn.norms import NormOptions, Scheme
+from normrnn.norms import NORMS, NormOptions, Scheme
+
+
+def _check_supported(scheme, cell: str) -> None:
+  if cell not in scheme.cells:
+    valid = [name for name, s in NORMS.items() if cell in s.cells]
+    raise ValueError(f'the {cell} cell does not support scheme {scheme.name!r}; schemes with a '
+                     f'{cell} form: {", ".join(valid)}')
 
 
 def _hold(keep, new, old):
@@ -34,9 +41,10 @@ class NormLSTMCell(nn.Module):
     h_t = sigma(o) * tanh(N_c(c_t))
 
   N_x, N_h, N_c and the kernel transform come from the scheme (`normrnn.norms.NORMS`).
-  Init (spec A.3): W_x orthogonal, W_h orthogonal or [I, orthogonal] (identity on g), forget bias
-  `forget_bias`, other biases 0, learned h_0 and c_0 (init 0); optional Gaussian noise of std
-  `h0_noise` added to h_0 on every forward pass (train and eval, spec A.4; needs rng 'noise').
+  Init (docs/method.md, "Initialization"): W_x orthogonal, W_h orthogonal or [I, orthogonal]
+  (identity on g), forget bias `forget_bias`, other biases 0, learned h_0 and c_0 (init 0);
+  optional Gaussian noise of std `h0_noise` added to h_0 on every forward pass (train and eval,
+  docs/method.md, "Initialization"; needs rng 'noise').
 
   Attributes:
     hidden: number of units.
@@ -72,6 +80,7 @@ class NormLSTMCell(nn.Module):
     self.h0 = self.param('h0', nn.initializers.zeros, (h,))
     self.c0 = self.param('c0', nn.initializers.zeros, (h,))
     s, o, t = self.scheme, self.options, self.train
+    _check_supported(s, 'lstm')
     self.kernel_x_norm = s.kernel()
     self.kernel_h_norm = s.kernel()
     self.input_norm = s.input(4 * h, 'input', o, t)
@@ -133,9 +142,6 @@ class NormLSTMCell(nn.Module):
     return new, y, dict(moments, recurrent=mom_h, cell=mom_c)
 
 
-TANH_RNN_SCHEMES = ('none', 'batch', 'layer', 'streaming')
-
-
 class TanhRNNCell(nn.Module):
   """tanh RNN with ONE normalization on the summed pre-activation (Cooijmans et al. 2016 sec. 4,
   the model of Fig. 4a):
@@ -158,19 +164,16 @@ class TanhRNNCell(nn.Module):
   hoist_input: bool = True  # as in NormLSTMCell (the projection only: the norm acts on the sum)
 
   def setup(self):
-    if self.scheme.name not in TANH_RNN_SCHEMES:
-      raise ValueError(f'the tanh RNN cell supports the schemes {", ".join(TANH_RNN_SCHEMES)}; '
-                       f'got {self.scheme.name!r}')
+    _check_supported(self.scheme, 'tanh_rnn')
     h, d = self.hidden, self.input_features
     self.kernel_x = self.param('kernel_x', inits.orthogonal, (d, h))
     self.kernel_h = self.param('kernel_h', inits.recurrent_kernel(self.recurrent_init), (h, h))
     self.bias = self.param('bias', nn.initializers.zeros, (h,))
     self.h0 = self.param('h0', nn.initializers.zeros, (h,))
-    site_cls = self.scheme.recurrent
-    self.sum_norm = site_cls(h, 'sum', self.options, self.train)
+    self.sum_norm = self.scheme.sum(h, 'sum', self.options, self.train)
 
   def stat_specs(self):
-    kind = self.scheme.recurrent.stats_kind
+    kind = self.scheme.sum.stats_kind
     return {} if kind is None else dict(sum=(self.hidden, kind))
 
   def hoist(self, x, mask, stats, carry):

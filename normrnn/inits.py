@@ -1,4 +1,4 @@
-"""Weight initializers of Cooijmans et al. 2016 (spec A.3, pitfall D.9).
+"""Weight initializers of Cooijmans et al. 2016 (docs/method.md, "Initialization"; pitfall P9).
 
 `orthogonal` for an (n, 4n) matrix gives ONE semi-orthogonal matrix with orthonormal rows over
 the whole 4n width (the authors' SVD-of-a-Gaussian init), not four independent blocks;

@@ -14,43 +14,49 @@ from normrnn.norms import NormOptions, get_scheme
 from normrnn.recurrent import RecurrentStack
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RNNSpec:
   """Everything that defines the recurrent stack (hashable, so it can be a module attribute).
+
+  Keyword arguments only. Required: hidden, norm, max_time_steps; the defaults of the rest are
+  the paper's LSTM settings (the task configs always write every field explicitly).
 
   Attributes:
     cell: 'lstm' or 'tanh_rnn' (`normrnn.cells.CELLS`).
     hidden: units per layer.
     layers: number of stacked layers.
     norm: scheme name (`normrnn.norms.NORMS`).
-    options: the scheme's options.
+    options: the scheme's options (`NORMS[norm].make_options(...)`); None = its defaults.
     recurrent_init: 'orthogonal', 'identity_orthogonal' (MNIST) or 'identity' (tanh RNN).
     forget_bias: initial forget-gate bias.
     h0_noise: std of the Gaussian noise added to h_0 (the paper's --noise; 0 = off).
     max_time_steps: length of the per-step statistic tables (the training length).
-    stats_rate: rate of the running averages of the population statistics.
+    stats_rate: rate of the running averages of the population statistics (0.01: the paper's
+      MNIST value; its PTB/text8 configs use 0.05).
     unroll: scan unroll.
     remat: recompute step activations in the backward pass.
     hoist_input: input projection (and its normalization) before the loop (True) or in each step
       (False); see `normrnn.cells.NormLSTMCell`. Speed and memory only: the values are the same.
   """
-  cell: str
   hidden: int
-  layers: int
   norm: str
-  options: NormOptions
-  recurrent_init: str
-  forget_bias: float
-  h0_noise: float
   max_time_steps: int
-  stats_rate: float
-  unroll: int
-  remat: bool
+  cell: str = 'lstm'
+  layers: int = 1
+  options: NormOptions | None = None  # None = the scheme's declared defaults
+  recurrent_init: str = 'orthogonal'
+  forget_bias: float = 1.0
+  h0_noise: float = 0.0
+  stats_rate: float = 0.01
+  unroll: int = 1
+  remat: bool = False
   hoist_input: bool = True
 
   def __post_init__(self):
     cells.get_cell(self.cell)
-    get_scheme(self.norm)
+    scheme = get_scheme(self.norm)
+    if self.options is None:
+      object.__setattr__(self, 'options', scheme.make_options())
     for field in ('hidden', 'layers', 'max_time_steps', 'unroll'):
       if getattr(self, field) < 1:
         raise ValueError(f'model {field} must be >= 1, got {getattr(self, field)}')
@@ -115,9 +121,11 @@ class CharLM(nn.Module):
 def spec_from_config(model_cfg) -> RNNSpec:
   """Reads config.model (every field explicit; see configs/common.py)."""
   n = model_cfg.norm
+  scheme = get_scheme(n.name)
   return RNNSpec(
       cell=model_cfg.cell, hidden=model_cfg.hidden, layers=model_cfg.layers, norm=n.name,
-      options=NormOptions(gamma_init=n.gamma_init, eps=n.eps, streaming_mix=n.streaming_mix),
+      options=scheme.make_options(gamma_init=n.gamma_init, eps=n.eps,
+                                  **{option.name: n[option.name] for option in scheme.options}),
       recurrent_init=model_cfg.recurrent_init, forget_bias=model_cfg.forget_bias,
       h0_noise=model_cfg.h0_noise, max_time_steps=n.max_time_steps, stats_rate=n.stats_rate,
       unroll=model_cfg.unroll, remat=model_cfg.remat, hoist_input=model_cfg.hoist_input)

@@ -1,5 +1,5 @@
-"""Optimizers of the paper (spec A.5): global-norm clipping of the raw gradient, then Blocks'
-RMSProp (MNIST) or Adam (PTB, text8).
+"""Optimizers of the paper (docs/method.md, "Optimizers"): global-norm clipping of the raw
+gradient, then Blocks' RMSProp (MNIST) or Adam (PTB, text8).
 
 Blocks `RMSProp` differs from optax.rmsprop: no momentum, and the step is
 lr * g / max(sqrt(ms), eps) instead of lr * g / (sqrt(ms) + eps), with

@@ -21,7 +21,7 @@ moments would be per-device unless the model called `lax.pmean` over a named axi
 
 Mesh axis type: jax 0.10 `jax.make_mesh` defaults to Explicit axes, under which sharding is
 part of the array type and unannotated model code (reductions over a sharded axis, shard_map on
-unsharded inputs) breaks (../shared/docs/ecosystem.md, gotcha 6). We ask for Auto axes: classic
+unsharded inputs) breaks (docs/method.md, pitfall P20). We ask for Auto axes: classic
 GSPMD propagation.
 
 Multi-host: call `initialize_distributed(...)` (a thin wrapper of `jax.distributed.initialize`)

@@ -1,5 +1,6 @@
 """Population statistics re-estimated from training batches (Cooijmans et al. 2016 sec. 3;
-spec A.2 mechanism 2, the one behind the paper's reported test numbers).
+docs/method.md, "Population statistics", mechanism 2, the one behind the paper's reported test
+numbers).
 
 The authors' evaluation scripts reset the population statistics and set them to the plain
 average of the per-batch statistics (per-batch means, per-batch biased variances) over one pass

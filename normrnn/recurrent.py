@@ -10,10 +10,11 @@
     al. 2016 sec. 5.4, BN-e**), so padding stays at the end;
   * population statistics: the [max_time_steps, features] tables of per-step sites indexed by
     position min(t, max_time_steps - 1) (the last trained step's statistics beyond the training
-    length, spec A.2) and [features] tables of shared sites. The tables live here, in the
-    'batch_stats' collection, not in the cell: inside the loop the per-step statistics travel as
-    scanned inputs and this batch's moments come back as scanned outputs; the running-average
-    update is applied once per training step after the loop (pitfall D.1).
+    length; docs/method.md, "Population statistics") and [features] tables of shared sites. The
+    tables live here, in the 'batch_stats' collection, not in the cell: inside the loop the
+    per-step statistics travel as scanned inputs and this batch's moments come back as scanned
+    outputs; the running-average update is applied once per training step after the loop
+    (docs/method.md, pitfall P1).
   * the raw per-batch moments, written to the 'moments' collection when it is mutable, for
     `normrnn.popstats.reestimate`.
 
@@ -162,7 +163,7 @@ class Recurrent(nn.Module):
         m = loop_moments[site]  # per-step moments: mean/var [time, F], count [time]
         moments[site] = m if site in per_step else dict(
             zip(('mean', 'var', 'count'), base.combine_moments(m['mean'], m['var'], m['count'])))
-      if self.is_mutable_collection('moments') and moments:
+      if self.is_mutable_collection('moments') and moments and not self.is_initializing():
         # One entry {site: {'mean', 'var', 'count'}}; the latest call overwrites it.
         self.sow('moments', 'sites', moments, init_fn=lambda: None, reduce_fn=lambda _, new: new)
       if self.is_mutable_collection('batch_stats') and not self.is_initializing():

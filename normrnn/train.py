@@ -3,27 +3,119 @@
 Any config field can be overridden with --config.<a>.<b>=<value> (ml_collections config flags;
 the config is locked, so a misspelt field fails instead of being ignored). Rerunning the same
 command on a workdir with checkpoints resumes from the latest one.
+
+A bad config or missing data fails before anything is written or compiled, with one line on
+stderr (field, value, valid choices) and exit code 2; --verbose shows the traceback instead.
 """
-from absl import app, flags
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+
+from absl import flags
 from ml_collections import config_flags
 
-from normrnn import parallel, trainer
+from normrnn import parallel
+from normrnn.config import ConfigError, load_config
+from normrnn.data import DataError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:argument].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_bool('verbose', False, 'Show the full traceback of configuration and data errors.')
+
+USAGE = ('usage: python -m normrnn.train --config=configs/<task>.py[:<arg>] --workdir=<dir> '
+         '[--config.<field>=<value> ...] [--verbose]')
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if FLAGS.config.train.distributed:  # before anything touches jax (multi-host)
-    parallel.initialize_distributed()
-  results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+def _one_line(err: BaseException) -> tuple[str, str]:
+  """(error kind, message as one line). A config file's own error (e.g. an unknown argument
+  after the colon) is the last line of the traceback text ml_collections wraps it in."""
+  kind, text = type(err).__name__, str(err)
+  if 'Traceback (most recent call last)' in text:
+    text = [line for line in text.splitlines() if line.strip()][-1]
+    match = re.match(r'^([\w.]*?)(\w+(?:Error|Exception)): (.*)$', text)
+    if match:
+      kind, text = match.group(2), match.group(3)
+  if isinstance(err, flags.Error) and not isinstance(err, flags.IllegalFlagValueError):
+    kind = 'usage'
+  return kind, ' '.join(text.split())
+
+
+def _misspelt_override(argv) -> str | None:
+  """The first --config.<path>=... flag whose path is not a field of the config, or None."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  try:
+    config = load_config(spec)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for arg in argv:
+    if arg.startswith('--config.'):
+      node, path = config, arg[2:].split('=', 1)[0]
+      for part in path.split('.')[1:]:
+        if not hasattr(node, 'keys') or part not in node:
+          return path
+        node = node[part]
+  return None
+
+
+def _unknown_field_message(argv, flag: str) -> str:
+  """'config.train.num_devce' -> the valid fields of config.train, with a close match."""
+  spec = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  dotted = flag[len('config.'):]
+  try:
+    node = load_config(spec)
+  except Exception:  # pylint: disable=broad-except
+    return f'unknown config field {dotted!r}'
+  parts = dotted.split('.')
+  for depth, part in enumerate(parts):
+    valid = sorted(node.keys()) if hasattr(node, 'keys') else []
+    if part not in valid:
+      close = difflib.get_close_matches(part, valid, n=1)
+      where = '.'.join(['config'] + parts[:depth])
+      hint = f' (did you mean {".".join(parts[:depth] + close[:1])}?)' if close else ''
+      return (f'--config.{dotted}: unknown config field{hint}; valid fields of {where}: '
+              f'{", ".join(valid)}')
+    node = node[part]
+  return f'unknown config field {dotted!r}'
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  verbose = any(a in ('--verbose', '--verbose=true', '--verbose=True') for a in argv)
+  try:
+    try:
+      rest = FLAGS(argv)
+    except flags.UnrecognizedFlagError as err:
+      if err.flagname.startswith('config.'):
+        raise ConfigError(_unknown_field_message(argv, err.flagname)) from err
+      raise
+    except (AttributeError, KeyError) as err:  # ml_collections: a misspelt --config.<field>
+      bad = _misspelt_override(argv)
+      if bad is None:
+        raise
+      raise ConfigError(_unknown_field_message(argv, bad)) from err
+    if len(rest) > 1:
+      raise flags.Error(f'unexpected arguments: {" ".join(rest[1:])}')
+    if FLAGS.config is None or FLAGS.workdir is None:
+      raise flags.Error('--config and --workdir are required')
+    if FLAGS.config.train.distributed:  # before anything touches jax (multi-host)
+      parallel.initialize_distributed()
+    from normrnn import trainer  # pylint: disable=g-import-not-at-top
+    results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (flags.Error, ConfigError, DataError) as err:
+    if verbose:
+      raise
+    kind, message = _one_line(err)
+    print(f'error ({kind}): {message}', file=sys.stderr)
+    if kind == 'usage':
+      print(USAGE, file=sys.stderr)
+    return 2
   print(' '.join(f'{k}={v:.4f}' for k, v in sorted(results['metrics'].items())))
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

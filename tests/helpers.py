@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from normrnn import cells, recurrent
-from normrnn.norms import NORMS, NormOptions
+from normrnn.config import load_config_module
+from normrnn.norms import NORMS
 
 EPS = 1e-5
 LAM = 0.3
@@ -15,9 +16,10 @@ RATE = 0.1
 
 
 def options(scheme):
-  # gamma 0.1 for BN-type schemes (Cooijmans), 1.0 otherwise; the value only needs to be valid.
-  gamma = 0.1 if scheme in ('batch', 'batch_input', 'sequence') else 1.0
-  return NormOptions(gamma_init=gamma, eps=EPS, streaming_mix=LAM)
+  # The scheme's declared gain (0.1 BN-type, 1.0 otherwise) and the test values of its options.
+  values = {'streaming_mix': LAM}
+  s = NORMS[scheme]
+  return s.make_options(eps=EPS, **{o.name: values[o.name] for o in s.options if o.name in values})
 
 
 def make_layer(scheme, *, train, hidden=3, features=2, t_max=5, reverse=False, cell='lstm',
@@ -65,6 +67,11 @@ def to_numpy(tree):
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_module(task: str):
+  """configs/<task>.py, loaded by path as normrnn.train loads it."""
+  return load_config_module(str(ROOT / 'configs' / f'{task}.py'))
 
 
 def load_script(relative: str):

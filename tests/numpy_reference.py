@@ -1,5 +1,5 @@
 """An independent numpy implementation of every scheme's LSTM, written from the equations
-(paper_spec.md A.1-A.3, C.1-C.6 and each scheme's docstring), with a plain Python loop over
+(docs/method.md and each scheme's docstring), with a plain Python loop over
 time and over examples where the maths is per example. The tests compare normrnn against it.
 """
 import numpy as np

@@ -1,4 +1,5 @@
-"""The README's command line, run as a subprocess: train, resume, and stop on SIGTERM."""
+"""The README's command line, run as a subprocess from an unrelated directory (the package is
+installed): train, resume, stop on SIGTERM, and fail on bad configs with one line and no files."""
 import json
 import os
 import re
@@ -8,43 +9,73 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cmd(workdir, *extra):
-  return [sys.executable, '-m', 'normrnn.train', '--config=configs/digits.py:norm=batch,size=smoke',
+CONFIG = ROOT / 'configs' / 'digits.py'
+
+
+def _cmd(workdir, *extra, arg='norm=batch,size=smoke'):
+  return [sys.executable, '-m', 'normrnn.train', f'--config={CONFIG}:{arg}',
           f'--workdir={workdir}', '--config.train.progress_bar=False', *extra]
 
 
 def _env():
-  return dict(os.environ, WANDB_MODE='disabled', JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
+  env = dict(os.environ, WANDB_MODE='disabled', JAX_PLATFORMS='cpu')
+  env.pop('PYTHONPATH', None)
+  return env
 
 
 def test_train_command_writes_results_and_resumes(tmp_path):
-  out = subprocess.run(_cmd(tmp_path, '--config.train.num_steps=2'), cwd=ROOT, env=_env(),
+  out = subprocess.run(_cmd(tmp_path, '--config.train.num_steps=2'), cwd=tmp_path, env=_env(),
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'test/acc=' in out.stdout
   first = json.loads((tmp_path / 'results.json').read_text())
   assert first['final_step'] == 2
-  out = subprocess.run(_cmd(tmp_path, '--config.train.num_steps=4'), cwd=ROOT, env=_env(),
+  out = subprocess.run(_cmd(tmp_path, '--config.train.num_steps=4'), cwd=tmp_path, env=_env(),
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads((tmp_path / 'results.json').read_text())['final_step'] == 4
 
 
-def test_misspelt_override_fails_with_the_valid_fields(tmp_path):
-  out = subprocess.run(_cmd(tmp_path, '--config.train.num_step=2'), cwd=ROOT, env=_env(),
+@pytest.mark.parametrize('extra, arg, message', [
+    (['--config.train.num_step=2'], 'size=smoke',
+     '--config.train.num_step: unknown config field (did you mean train.num_steps?); valid '
+     'fields of config.train: checkpoint_every_steps, distributed,'),
+    (['--config.train.num_devices=2'], 'size=smoke',
+     'train.num_devices=2 is not valid: this machine has 1 device(s)'),
+    ([], 'size=smoke,gamma=0', 'model.norm.gamma_init=0.0 is not valid; it must be > 0'),
+    ([], 'size=smoke,gama=0.1', "unknown config argument 'gama'; valid arguments: data, gamma,"),
+    (['--config.model.norm.name=bn'], 'size=smoke',
+     "model.norm.name='bn' is not valid; choose one of: none, batch,"),
+    (['--config.data.dir=/nonexistent', '--config.data.name=mnist10k',
+      '--config.data.seq_len=784', '--config.model.norm.max_time_steps=784'], 'size=smoke',
+     'missing t10k-images-idx3-ubyte.gz'),
+])
+def test_bad_config_fails_with_one_line_and_no_files(tmp_path, extra, arg, message):
+  workdir = tmp_path / 'run'
+  env = dict(_env(), XLA_FLAGS='')  # one device, as on a laptop
+  out = subprocess.run(_cmd(workdir, *extra, arg=arg), cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0
-  assert 'num_step' in out.stderr and 'num_steps' in out.stderr  # ml_collections "did you mean"
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error ('), out.stderr[-3000:]
+  assert message in lines[0]
+  assert not workdir.exists()
+  verbose = subprocess.run(_cmd(workdir, *extra, '--verbose', arg=arg), cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+  assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
+  assert not workdir.exists()
 
 
 def test_sigterm_writes_a_checkpoint_then_exits(tmp_path):
   proc = subprocess.Popen(_cmd(tmp_path, '--config.train.num_steps=100000',
                                '--config.train.checkpoint_every_steps=100000',
                                '--config.train.eval_every_steps=100000'),
-                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                          cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   metrics = tmp_path / 'metrics.jsonl'
   deadline = time.time() + 240
   while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
@@ -62,10 +93,10 @@ def test_kill_9_then_same_command_matches_the_uninterrupted_run(tmp_path):
   with the params_digest of an uninterrupted run (data and randomness keyed by seed and step)."""
   args = ('--config.train.num_steps=60', '--config.train.checkpoint_every_steps=5',
           '--config.train.log_every_steps=5', '--config.train.eval_every_steps=20')
-  full = subprocess.run(_cmd(tmp_path / 'full', *args), cwd=ROOT, env=_env(),
+  full = subprocess.run(_cmd(tmp_path / 'full', *args), cwd=tmp_path, env=_env(),
                         capture_output=True, text=True, timeout=300)
   assert full.returncode == 0, full.stderr[-3000:]
-  proc = subprocess.Popen(_cmd(tmp_path / 'killed', *args), cwd=ROOT, env=_env(),
+  proc = subprocess.Popen(_cmd(tmp_path / 'killed', *args), cwd=tmp_path, env=_env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpts = tmp_path / 'killed' / 'checkpoints'
   deadline = time.time() + 240
@@ -78,7 +109,7 @@ def test_kill_9_then_same_command_matches_the_uninterrupted_run(tmp_path):
   proc.kill()  # SIGKILL: no handler runs
   proc.wait(timeout=60)
   assert not (tmp_path / 'killed' / 'results.json').exists()
-  rerun = subprocess.run(_cmd(tmp_path / 'killed', *args), cwd=ROOT, env=_env(),
+  rerun = subprocess.run(_cmd(tmp_path / 'killed', *args), cwd=tmp_path, env=_env(),
                          capture_output=True, text=True, timeout=300)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   resumed_at = int(re.search(r'Resuming from the checkpoint at step (\d+)', rerun.stderr)[1])

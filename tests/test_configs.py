@@ -1,13 +1,13 @@
 """Every config loads for every documented argument, validates, and every sweep point applies to
 the locked config; bad values fail before anything is built."""
-import importlib
 import re
 from pathlib import Path
 
 import pytest
 
-from configs import common
-from normrnn import config_check
+from tests import helpers
+from normrnn.config import build as common
+from normrnn.config import schema as config_schema
 from normrnn.norms import NORMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,11 +15,17 @@ TASKS = ('smnist', 'pmnist', 'ptb_char', 'text8', 'digits')
 
 
 def _load(task):
-  return importlib.import_module(f'configs.{task}')
+  return helpers.config_module(task)
 
 
-def test_gamma_table_covers_every_scheme():
-  assert set(common.GAMMA_INIT) == set(NORMS)
+def test_config_defaults_come_from_the_scheme_registry():
+  for name, scheme in NORMS.items():
+    config = _load('digits').get_config(f'norm={name}')
+    assert config.model.norm.gamma_init == scheme.gamma_init
+    assert tuple(config.eval.modes) == (('population', 'batch') if scheme.batch_statistics
+                                        else ('population',))
+    for option in scheme.options:
+      assert config.model.norm[option.name] == option.default
 
 
 @pytest.mark.parametrize('task', TASKS)
@@ -27,9 +33,9 @@ def test_gamma_table_covers_every_scheme():
 @pytest.mark.parametrize('size', common.SIZES)
 def test_config_loads_and_validates(task, norm, size):
   config = _load(task).get_config(f'norm={norm},size={size}')
-  config_check.validate(config)
+  config_schema.validate(config)
   assert config.model.norm.name == norm
-  assert config.model.norm.gamma_init == common.GAMMA_INIT[norm]
+  assert config.model.norm.gamma_init == NORMS[norm].gamma_init
   with pytest.raises(AttributeError):
     config.not_a_field = 1  # locked
 
@@ -46,7 +52,7 @@ def test_sweeps_apply_to_locked_config(task):
         node = node[p]
       assert leaf in node, f'{task} sweep key {dotted} is not a config field'
       node[leaf] = value
-    config_check.validate(config)
+    config_schema.validate(config)
 
 
 def test_paper_values():
@@ -76,18 +82,22 @@ def test_unknown_argument_lists_valid_ones():
 
 
 @pytest.mark.parametrize('field, value, match', [
-    ('model.norm.gamma_init', 0.0, 'gamma_init must be > 0'),
-    ('model.norm.gamma_init', -1.0, 'gamma_init must be > 0'),
-    ('train.num_steps', 0, 'train.num_steps must be >= 1'),
+    ('model.norm.gamma_init', 0.0, r'gamma_init=0.0 is not valid; it must be > 0'),
+    ('model.norm.gamma_init', -1.0, r'gamma_init=-1.0 is not valid; it must be > 0'),
+    ('model.norm.streaming_mix', 1.5, r'streaming_mix=1.5 is not valid; it must be in \[0, 1\]'),
+    ('model.norm.max_time_steps', 5, 'must be >= the training length 11'),
+    ('train.num_steps', 0, 'train.num_steps=0 is not valid; it must be >= 1'),
+    ('train.num_devices', 99, 'train.num_devices=99 is not valid: this machine has'),
     ('data.batch_size', 1, 'batch statistics are undefined at batch size 1'),
-    ('data.seq_len', 0, 'data.seq_len must be >= 1'),
+    ('data.seq_len', 0, 'data.seq_len must be an integer >= 1'),
     ('data.seq_len', 1, 'gives no prediction step'),
-    ('eval.stream_chunk', 0, 'eval.stream_chunk must be >= 1'),
+    ('eval.stream_chunk', 0, 'eval.stream_chunk=0 is not valid; it must be >= 1'),
     ('eval.select_metric', 'val/acc', 'choose one of'),
     ('model.norm.name', 'bn', 'choose one of: none, batch'),
     ('optimizer.name', 'sgd', 'choose one of: rmsprop, adam'),
     ('wandb.mode', 'cloud', 'choose one of: disabled, offline, online'),
-    ('eval.reestimate_batches', 0, 'eval.reestimate_batches must be >= 1'),
+    ('eval.reestimate_batches', 0, 'eval.reestimate_batches=0 is not valid'),
+    ('model.cell', 'gru', 'choose one of: lstm, tanh_rnn'),
 ])
 def test_impossible_values_fail_with_choices(field, value, match):
   config = _load('ptb_char').get_config('norm=batch,size=smoke')
@@ -96,8 +106,8 @@ def test_impossible_values_fail_with_choices(field, value, match):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(config_check.ConfigError, match=match):
-    config_check.validate(config)
+  with pytest.raises(config_schema.ConfigError, match=match):
+    config_schema.validate(config)
 
 
 def test_wrong_type_override_is_rejected_by_the_locked_config():
@@ -112,7 +122,7 @@ def test_readme_commands_name_real_configs_and_arguments():
   assert len(commands) >= 6
   for task, arg in commands:
     config = _load(task).get_config(arg)
-    config_check.validate(config)
+    config_schema.validate(config)
   for path in set(re.findall(r'--config\.([\w.]+)=', readme)) - {'a.b'}:  # a.b: placeholder
     node = _load('smnist').get_config('size=smoke')
     *parents, leaf = path.split('.')

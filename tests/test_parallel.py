@@ -9,9 +9,10 @@ import numpy as np
 import optax
 import pytest
 
+from tests import helpers
 from normrnn import models, parallel
-from normrnn.norms import NormOptions
-from normrnn.trainer import TrainState, make_train_step
+from normrnn.norms import NORMS
+from normrnn.experiment import create_train_state, make_train_step
 
 NDEV = 4
 pytestmark = pytest.mark.skipif(
@@ -23,10 +24,8 @@ BATCH, LENGTH, FEATURES, HIDDEN, CLASSES = 8, 6, 2, 8, 3
 
 
 def _model(norm):
-  gamma = 0.1 if norm == 'batch' else 1.0
   spec = models.RNNSpec(
-      cell='lstm', hidden=HIDDEN, layers=1, norm=norm,
-      options=NormOptions(gamma_init=gamma, eps=1e-5, streaming_mix=0.5),
+      cell='lstm', hidden=HIDDEN, layers=1, norm=norm, options=NORMS[norm].make_options(),
       recurrent_init='orthogonal', forget_bias=1.0, h0_noise=0.0, max_time_steps=LENGTH,
       stats_rate=0.1, unroll=1, remat=False)
   return models.SequenceClassifier(spec, num_classes=CLASSES)
@@ -50,13 +49,7 @@ def _setup(norm):
   # summation orders, not the parallel semantics.
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
   batch = _batch()
-  init_key, noise_key, train_key = jax.random.split(jax.random.PRNGKey(0), 3)
-  variables = model.init({'params': init_key, 'noise': noise_key}, batch['inputs'],
-                         batch['mask'], train=True)
-  state = TrainState(step=jnp.array(0, jnp.int32), params=variables['params'],
-                     batch_stats=variables.get('batch_stats', {}),
-                     opt_state=tx.init(variables['params']),
-                     rng=jax.random.key_data(train_key))
+  state = create_train_state(model, tx, batch, seed=0)
   return make_train_step(model, tx, 'classify'), state, batch
 
 
@@ -134,7 +127,7 @@ def test_mesh_and_shardings():
 
 
 def _digits_smoke(num_devices, **extra):
-  from configs import digits
+  digits = helpers.config_module('digits')
   config = digits.get_config('norm=batch,size=smoke')
   config.train.progress_bar = False
   config.wandb.tensorboard = False
@@ -165,8 +158,9 @@ def test_trainer_on_4_devices_equals_one_device(tmp_path):
 
 
 def test_num_devices_must_divide_the_batch():
-  from normrnn import config_check
-  with pytest.raises(config_check.ConfigError, match='not divisible by train.num_devices=3'):
-    config_check.validate(_digits_smoke(3))
-  with pytest.raises(config_check.ConfigError, match='train.num_devices must be >= 1'):
-    config_check.validate(_digits_smoke(0))
+  from normrnn.config import schema as config_schema
+  with pytest.raises(config_schema.ConfigError,
+                     match='not divisible by the 3 devices of train.num_devices=3'):
+    config_schema.validate(_digits_smoke(3))
+  with pytest.raises(config_schema.ConfigError, match='train.num_devices=0 is not valid'):
+    config_schema.validate(_digits_smoke(0))

@@ -152,7 +152,9 @@ def test_tanh_rnn_with_bn_on_the_sum_matches_numpy():
 
 def test_tanh_rnn_rejects_schemes_it_cannot_host():
   x, mask = helpers.data()
-  with pytest.raises(ValueError, match='tanh RNN cell supports'):
+  with pytest.raises(ValueError,
+                     match='tanh_rnn cell does not support scheme .cosine.; schemes with a '
+                           'tanh_rnn form: none, batch, layer, streaming'):
     helpers.make_layer('cosine', train=True, cell='tanh_rnn').init(jax.random.PRNGKey(0), x, mask)
 
 
@@ -178,7 +180,8 @@ def test_gradients_match_finite_differences(scheme):
 
 def test_jitted_train_step_compiles_once():
   spec = models.RNNSpec(cell='lstm', hidden=4, layers=1, norm='batch',
-                        options=NormOptions(0.1, 1e-5, 0.5), recurrent_init='identity_orthogonal',
+                        options=NormOptions(0.1, 1e-5, streaming_mix=0.5),
+                        recurrent_init='identity_orthogonal',
                         forget_bias=1.0, h0_noise=0.1, max_time_steps=6, stats_rate=0.1, unroll=1,
                         remat=False)
   model = models.SequenceClassifier(spec, num_classes=3)
@@ -260,15 +263,19 @@ def test_bad_input_fails_clearly(bad, match):
 
 
 def test_lm_model_rejects_float_inputs_and_classifier_rejects_rank2():
-  spec = models.RNNSpec('lstm', 3, 1, 'none', NormOptions(1.0, 1e-5, 0.5), 'orthogonal', 1.0,
-                        0.0, 5, 0.1, 1, False)
+  spec = models.RNNSpec(cell='lstm', hidden=3, layers=1, norm='none',
+                        options=NormOptions(1.0, 1e-5, streaming_mix=0.5),
+                        recurrent_init='orthogonal', forget_bias=1.0, h0_noise=0.0,
+                        max_time_steps=5, stats_rate=0.1, unroll=1, remat=False)
   with pytest.raises(ValueError, match='integer tokens'):
     models.CharLM(spec, 7).init(jax.random.PRNGKey(0), jnp.ones((2, 5)), train=False)
   with pytest.raises(ValueError, match='batch, time, features'):
     models.SequenceClassifier(spec, 3).init(jax.random.PRNGKey(0), jnp.ones((2, 5)), train=False)
   with pytest.raises(ValueError, match='unknown normalization scheme'):
-    models.RNNSpec('lstm', 3, 1, 'bn', NormOptions(1.0, 1e-5, 0.5), 'orthogonal', 1.0, 0.0, 5,
-                   0.1, 1, False)
+    models.RNNSpec(cell='lstm', hidden=3, layers=1, norm='bn',
+                   options=NormOptions(1.0, 1e-5, streaming_mix=0.5), recurrent_init='orthogonal',
+                   forget_bias=1.0, h0_noise=0.0, max_time_steps=5, stats_rate=0.1, unroll=1,
+                   remat=False)
 
 
 def test_lstm_none_init_matches_paper():
@@ -288,8 +295,10 @@ def test_lstm_none_init_matches_paper():
 
 @pytest.mark.parametrize('scheme', ['batch', 'streaming', 'layer'])
 def test_chunked_stream_evaluation_equals_one_pass(scheme):
-  spec = models.RNNSpec('lstm', 4, 2, scheme, helpers.options(scheme), 'orthogonal', 1.0, 0.0,
-                        5, 0.1, 1, False)
+  spec = models.RNNSpec(cell='lstm', hidden=4, layers=2, norm=scheme,
+                        options=helpers.options(scheme), recurrent_init='orthogonal',
+                        forget_bias=1.0, h0_noise=0.0, max_time_steps=5, stats_rate=0.1, unroll=1,
+                        remat=False)
   model = models.CharLM(spec, vocab_size=7)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 7, (1, 30)), jnp.int32)
   variables = model.init(jax.random.PRNGKey(0), tokens[:, :5], train=False)

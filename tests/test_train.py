@@ -5,10 +5,14 @@ import os
 
 import pytest
 
-from configs import common, digits, pmnist, ptb_char, smnist, text8
-from normrnn import config_check, trainer
+from normrnn import experiment, trainer
+from normrnn.config import schema as config_schema
 from normrnn.norms import NORMS
+from tests import helpers
 from tests.test_data import mnist_dir, ptb_dir, text8_dir  # noqa: F401  (pytest fixtures)
+
+digits, pmnist, ptb_char, smnist, text8 = (
+    helpers.config_module(t) for t in ('digits', 'pmnist', 'ptb_char', 'smnist', 'text8'))
 
 
 def _smoke(module, arg='norm=batch', **overrides):
@@ -80,25 +84,25 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 
 def test_resume_with_a_different_config_fails_clearly(tmp_path):
   trainer.train_and_evaluate(_smoke(digits), str(tmp_path))
-  with pytest.raises(config_check.ConfigError, match='optimizer.learning_rate'):
+  with pytest.raises(config_schema.ConfigError, match='optimizer.learning_rate'):
     trainer.train_and_evaluate(_smoke(digits, **{'optimizer.learning_rate': 0.5}), str(tmp_path))
 
 
 def test_bad_config_fails_before_data_is_touched(tmp_path):
   config = _smoke(smnist, **{'data.dir': str(tmp_path / 'nothing_here'),
                              'model.norm.gamma_init': 0.0})
-  with pytest.raises(config_check.ConfigError, match='gamma_init'):
+  with pytest.raises(config_schema.ConfigError, match='gamma_init'):
     trainer.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
 
 
 def test_gamma_table_is_what_configs_use():
-  assert digits.get_config('norm=layer').model.norm.gamma_init == common.GAMMA_INIT['layer']
+  assert digits.get_config('norm=layer').model.norm.gamma_init == NORMS['layer'].gamma_init
 
 
 def test_non_finite_loss_stops_with_step_window_and_keeps_last_good_checkpoint(tmp_path,
                                                                                monkeypatch):
-  real_make_task = trainer.make_task
+  real_make_task = experiment.make_task
 
   def poisoned(data_cfg, seed):
     task = real_make_task(data_cfg, seed)
@@ -113,14 +117,14 @@ def test_non_finite_loss_stops_with_step_window_and_keeps_last_good_checkpoint(t
     task.train_batch = train_batch
     return task
 
-  monkeypatch.setattr(trainer, 'make_task', poisoned)
+  monkeypatch.setattr(experiment, 'make_task', poisoned)
   config = _smoke(digits, **{'train.log_every_steps': 2, 'train.checkpoint_every_steps': 2,
                              'train.eval_every_steps': 100})
   with pytest.raises(FloatingPointError, match='between steps 3 and 4'):
     trainer.train_and_evaluate(config, str(tmp_path))
   steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [2]
-  monkeypatch.setattr(trainer, 'make_task', real_make_task)
+  monkeypatch.setattr(experiment, 'make_task', real_make_task)
   results = trainer.train_and_evaluate(_smoke(digits, **{'train.log_every_steps': 2,
                                                         'train.checkpoint_every_steps': 2,
                                                         'train.eval_every_steps': 100}),
@@ -131,12 +135,12 @@ def test_non_finite_loss_stops_with_step_window_and_keeps_last_good_checkpoint(t
 def test_saved_config_without_later_fields_resumes_and_is_upgraded():
   """A workdir written before model.hoist_input / train.num_devices existed still resumes
   (those fields only change speed) and is read with the values that run used."""
-  saved = config_check.upgrade_saved_config({'model': {'cell': 'lstm'}, 'train': {}})
+  saved = config_schema.upgrade_saved_config({'model': {'cell': 'lstm'}, 'train': {}})
   assert saved['model']['hoist_input'] is True and saved['train']['num_devices'] == 1
   current = json.loads(_smoke(digits).to_json())
   old = json.loads(_smoke(digits).to_json())  # as an old run's checkpoint config would be
   del old['model']['hoist_input'], old['train']['num_devices'], old['train']['distributed']
-  trainer.check_resume_config(old, current)  # no error
+  config_schema.check_resume(old, current)  # no error
   old['model']['hidden'] = 99
-  with pytest.raises(config_check.ConfigError, match='model.hidden'):
-    trainer.check_resume_config(old, current)
+  with pytest.raises(config_schema.ConfigError, match='model.hidden'):
+    config_schema.check_resume(old, current)

@@ -1,29 +1,24 @@
-"""Shared pieces of every experiment config: the argument parser and the config sections.
+"""Building blocks of the experiment config files in the top-level configs/ directory.
 
 A config file is `get_config(arg)` returning a locked ml_collections.ConfigDict that holds EVERY
 value a run uses (library code never calls `config.get(key, default)`). `arg` is the string after
 the colon in `--config=configs/<task>.py:<arg>`, e.g. `norm=batch,size=cpu,gamma=0.5`, parsed by
-`parse_arg` against typed defaults; an unknown key fails with the list of valid keys.
+`parse_arg` against typed defaults; an unknown key fails with the list of valid keys. The
+sections below write every field of the schema (`normrnn.config.schema`); the defaults that
+depend on the scheme (initial gain, evaluation modes, the scheme options) come from the scheme
+registry (`normrnn.norms`). A config file that builds on another one loads it with
+`load_sibling(__file__, 'smnist')`.
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
-# Initial gain per scheme. Explicit, because it changes the science (paper sec. 4, Fig. 4a, 6):
-# recurrent BN needs 0.1 (gamma = 1 saturates tanh and kills gradient flow); Ba et al. found LN
-# works best with gain 1; weight norm's gain is initialized from the weights themselves (the
-# value is unused); cosine norm's per-unit scale starts at 1 (cosines are O(1/sqrt(fan-in))).
-GAMMA_INIT = {
-    'none': 1.0,          # unused (no gain); kept so the config shape is the same for every scheme
-    'batch': 0.1,         # Cooijmans et al. 2016, all experiments
-    'batch_input': 0.1,   # Laurent et al. used 1.0; 0.1 here for parity with 'batch' (sweep it)
-    'sequence': 0.1,      # as batch_input
-    'layer': 1.0,         # Ba et al. 2016 sec. 6.2
-    'weight': 1.0,        # unused: g starts at ||v_init|| so W starts at the paper's init
-    'cosine': 1.0,
-    'streaming': 0.1,     # a BN-type normalizer: same reasoning as 'batch'
-}
-SCHEMES = tuple(GAMMA_INIT)
+from normrnn.config.files import load_sibling  # noqa: F401  (re-exported for config files)
+from normrnn.config.schema import ConfigError
+from normrnn.norms import NORMS, all_options, get_scheme
+
 SIZES = ('paper', 'cpu', 'smoke')
 
 
@@ -40,40 +35,48 @@ def parse_arg(arg: str | None, **defaults):
     key, sep, value = item.partition('=')
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f'unknown config argument {key!r}; valid arguments: '
+      raise ConfigError(f'unknown config argument {key!r}; valid arguments: '
                        f'{", ".join(sorted(defaults))}')
     kind = type(defaults[key])
     if not sep:
       if kind is not bool:
-        raise ValueError(f'config argument {key!r} needs a value ({key}=...)')
+        raise ConfigError(f'config argument {key!r} needs a value ({key}=...)')
       out[key] = True
     elif kind is bool:
       if value.lower() not in ('true', 'false', '1', '0'):
-        raise ValueError(f'config argument {key}={value!r} must be true or false')
+        raise ConfigError(f'config argument {key}={value!r} must be true or false')
       out[key] = value.lower() in ('true', '1')
     else:
       try:
         out[key] = kind(value)
       except ValueError:
-        raise ValueError(f'config argument {key}={value!r} must be a {kind.__name__}') from None
+        raise ConfigError(f'config argument {key}={value!r} must be a {kind.__name__}') from None
   return out
 
 
 def check_choice(name: str, value, choices):
   if value not in choices:
-    raise ValueError(f'{name}={value!r} is not valid; choose one of: {", ".join(map(str, choices))}')
+    raise ConfigError(f'{name}={value!r} is not valid; choose one of: '
+                      f'{", ".join(map(str, choices))}')
+
+
+def gamma_default(name: str) -> float:
+  """The scheme's declared initial gain (0.1 for recurrent BN, 1.0 for LN, ...)."""
+  return get_scheme(name).gamma_init
 
 
 def norm_section(name: str, *, gamma: float, max_time_steps: int, stats_rate: float):
-  """config.model.norm. gamma < 0 means 'the scheme's default from GAMMA_INIT'."""
-  check_choice('norm', name, SCHEMES)
+  """config.model.norm. gamma < 0 means 'the scheme's declared default'. Every registered
+  scheme's own options are written with their declared defaults, so the config has one shape
+  whichever scheme a sweep selects."""
+  check_choice('norm', name, tuple(NORMS))
   return ml_collections.ConfigDict(dict(
       name=name,
-      gamma_init=GAMMA_INIT[name] if gamma < 0 else gamma,
+      gamma_init=gamma_default(name) if gamma < 0 else gamma,
       eps=1e-5,                       # inside the sqrt (paper code)
-      streaming_mix=0.5,              # streaming norm: weight of the short-term statistics
       max_time_steps=max_time_steps,  # T_max: per-step tables; steps beyond reuse the last one
       stats_rate=stats_rate,          # running-average rate of the population statistics
+      **{option.name: option.default for option in all_options().values()},
   ))
 
 
@@ -99,7 +102,8 @@ def optimizer_section(name: str, learning_rate: float):
       name=name,                  # 'rmsprop' (Blocks RMSProp, MNIST) or 'adam' (PTB, text8)
       learning_rate=learning_rate,
       clip_norm=1.0,              # global-norm clipping of the raw gradient (Blocks StepClipping)
-      rmsprop_decay=0.5,          # released sMNIST code (the paper text says 0.9: spec A.5)
+      rmsprop_decay=0.5,          # released sMNIST code (the paper text says 0.9:
+                                  # docs/method.md, "Optimizers")
       rmsprop_eps=1e-5,           # Blocks: step = lr * g / max(sqrt(ms), eps)
       adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
 
@@ -125,14 +129,15 @@ def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: i
       select_metric=select_metric,
       eval_batches=eval_batches,   # batches per validation pass (-1 = the whole split)
       # Before the final test evaluation, population statistics are re-estimated as the plain
-      # average of per-batch statistics over training batches (spec A.2); 'ema' keeps the
-      # running averages instead. -1 batches = one full pass over the training set.
+      # average of per-batch statistics over training batches
+      # (docs/method.md, "Population statistics"); 'ema' keeps the running averages instead.
+      # -1 batches = one full pass over the training set.
       popstats='reestimate',
       reestimate_batches=reestimate_batches,
       reestimate_batch_size=reestimate_batch_size,
       # Language models: also score the whole test split as ONE batch-1 sequence with population
-      # statistics (PTB's reported number, pitfall D.13), in chunks of `stream_chunk` steps
-      # carrying the state ('test_stream/...').
+      # statistics (PTB's reported number, docs/method.md, pitfall P13), in chunks of
+      # `stream_chunk` steps carrying the state ('test_stream/...').
       full_stream=full_stream,
       stream_chunk=1000,
   ))
@@ -143,11 +148,6 @@ def wandb_section(*, group: str, tags=()):
       mode='disabled',       # 'disabled' | 'offline' | 'online' (online falls back to offline)
       project='normrnn', group=group, name='', tags=tuple(tags), init_timeout_s=20.0,
       tensorboard=True))
-
-
-# Schemes whose training normalizes with the current batch's statistics: for them the paper's
-# model selection (validation error under batch statistics) is meaningful and evaluated.
-BATCH_STAT_SCHEMES = ('batch', 'batch_input', 'sequence')
 
 
 def experiment(*, args, task: str, paper: str, data, model, optimizer, train, eval_, wandb_group):
@@ -169,14 +169,26 @@ def experiment(*, args, task: str, paper: str, data, model, optimizer, train, ev
 def eval_modes(norm: str):
   """('population', 'batch') for batch-statistic schemes, else ('population',), with the
   matching selection metric (the paper: validation error with batch statistics)."""
-  if norm in BATCH_STAT_SCHEMES:
+  check_choice('norm', norm, tuple(NORMS))
+  if get_scheme(norm).batch_statistics:
     return ('population', 'batch'), 'val_batch/error'
   return ('population',), 'val/error'
 
 
-def data_section(*, name, dir, pixel_order='scanline', permutation_seed=1, seq_len,
+def repo_path(config_file: str, path: str) -> str:
+  """`path` relative to the repository holding `config_file` (configs/<task>.py), absolute, so
+  that a command means the same data from any working directory; '' and absolute paths are
+  returned as they are."""
+  if not path or os.path.isabs(path):
+    return path
+  root = os.path.dirname(os.path.dirname(os.path.abspath(config_file)))
+  return os.path.normpath(os.path.join(root, path))
+
+
+def data_section(*, config_file, name, dir, pixel_order='scanline', permutation_seed=1, seq_len,
                  batch_size, eval_batch_size):
+  """config.data; a relative `dir` is taken relative to the repository root (`repo_path`)."""
   return ml_collections.ConfigDict(dict(
-      name=name, dir=dir, source='files', download=False, pixel_order=pixel_order,
-      permutation_seed=permutation_seed, seq_len=seq_len, batch_size=batch_size,
-      eval_batch_size=eval_batch_size))
+      name=name, dir=repo_path(config_file, dir), source='files', download=False,
+      pixel_order=pixel_order, permutation_seed=permutation_seed, seq_len=seq_len,
+      batch_size=batch_size, eval_batch_size=eval_batch_size))

@@ -1,22 +1,24 @@
-"""Validation of a whole experiment config before anything is downloaded or compiled.
+"""The config schema and its validation: the one place that knows which fields a run's config has
+and which values they may take.
 
-The config is the whole truth: every field below must exist (configs/common.py writes them all),
-no field may be missing or unknown, and impossible values fail here with the valid choices.
+`validate(config)` runs before anything is written to the workdir, any data is read or anything
+is compiled; every bad value raises `ConfigError` with one line naming the field, the value and
+the valid choices. The fields of `model.norm` come from the scheme registry (`normrnn.norms`):
+the common ones below plus every registered scheme's own options.
 """
 from __future__ import annotations
 
 import json
 
 from normrnn import cells, inits, optim
-from normrnn.data import TASK_NAMES
-from normrnn.norms import NORMS, get_scheme
+from normrnn.data import tasks as data_tasks
+from normrnn.norms import NORMS, all_options
 
 SECTIONS = {
-    'data': ('name', 'dir', 'source', 'download', 'pixel_order', 'permutation_seed', 'seq_len',
-             'batch_size', 'eval_batch_size'),
+    'data': data_tasks.CONFIG_FIELDS,
     'model': ('cell', 'hidden', 'layers', 'recurrent_init', 'forget_bias', 'h0_noise', 'unroll',
               'remat', 'hoist_input', 'norm'),
-    'model.norm': ('name', 'gamma_init', 'eps', 'streaming_mix', 'max_time_steps', 'stats_rate'),
+    'model.norm': ('name', 'gamma_init', 'eps', 'max_time_steps', 'stats_rate'),  # + options
     'optimizer': ('name', 'learning_rate', 'clip_norm', 'rmsprop_decay', 'rmsprop_eps', 'adam_b1',
                   'adam_b2', 'adam_eps'),
     'train': ('num_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
@@ -27,34 +29,82 @@ SECTIONS = {
 }
 TOP_LEVEL = ('task', 'paper', 'seed', 'data', 'model', 'optimizer', 'train', 'eval', 'wandb')
 EVAL_MODES = ('population', 'batch')
+EVAL_PREFIX = {'population': 'val', 'batch': 'val_batch'}
 POPSTATS = ('reestimate', 'ema')
 WANDB_MODES = ('disabled', 'offline', 'online')
 
-
-class ConfigError(ValueError):
-  pass
-
+# Fields that may differ between a checkpoint's config and the config of the run resuming it:
+# durations, logging, placement and speed settings that do not change the computed values.
+RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every_steps', 'train.eval_every_steps',
+                     'train.checkpoint_every_steps', 'train.keep_checkpoints',
+                     'train.progress_bar', 'train.num_devices', 'train.distributed',
+                     'model.hoist_input', 'model.remat', 'model.unroll',
+                     'data.dir', 'data.download', 'wandb.mode', 'wandb.name', 'wandb.tags',
+                     'wandb.init_timeout_s', 'wandb.tensorboard')
 
 # Fields added after runs were already saved, with the value that reproduces what those runs did.
 # None of them changes the computed values (speed/placement only), so a saved config.json that
 # lacks them is read as if it had these values (`upgrade_saved_config`).
 ADDED_FIELDS = {
-    'model.hoist_input': True,     # 2026-11-24: before, the input term was always hoisted
-    'train.num_devices': 1,        # 2026-11-24: before, always one device
+    'model.hoist_input': True,     # before: the input term was always hoisted
+    'train.num_devices': 1,        # before: always one device
     'train.distributed': False,
 }
 
 
+class ConfigError(ValueError):
+  """A bad config value; the message is one line: field, value, valid choices."""
+
+
+def norm_fields() -> tuple[str, ...]:
+  """The fields of config.model.norm: the common ones + every registered scheme's options."""
+  return SECTIONS['model.norm'] + tuple(all_options())
+
+
+def section_fields(dotted: str) -> tuple[str, ...]:
+  return norm_fields() if dotted == 'model.norm' else SECTIONS[dotted]
+
+
 def upgrade_saved_config(saved: dict) -> dict:
-  """A saved config.json dict with the fields of ADDED_FIELDS filled in where missing."""
+  """A saved config.json dict with the fields of ADDED_FIELDS and the options of schemes
+  registered since (their defaults; they do not affect other schemes) filled in where missing."""
   out = json.loads(json.dumps(saved))
-  for dotted, value in ADDED_FIELDS.items():
+  added = dict(ADDED_FIELDS)
+  added.update({f'model.norm.{name}': option.default for name, option in all_options().items()})
+  for dotted, value in added.items():
     *parents, leaf = dotted.split('.')
     node = out
     for part in parents:
       node = node.setdefault(part, {})
     node.setdefault(leaf, value)
   return out
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def check_resume(saved: dict | None, current: dict) -> None:
+  """Raises ConfigError if a checkpoint's config differs from `current` in fields that are not
+  RESUMABLE_CHANGES (both plain dicts, as in config.json)."""
+  if saved is None:
+    return
+  a = _flatten(upgrade_saved_config(saved))
+  b = _flatten(json.loads(json.dumps(current)))
+  changed = sorted(k for k in set(a) | set(b)
+                   if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
+  if changed:
+    details = '; '.join(f'{k}: checkpoint {a.get(k)!r} -> now {b.get(k)!r}' for k in changed)
+    raise ConfigError(
+        f'the workdir holds a checkpoint of a run with a different config ({details}). Use a new '
+        f'--workdir, or change only fields that may change on resume: '
+        f'{", ".join(RESUMABLE_CHANGES)}.')
 
 
 def _section(config, dotted):
@@ -77,76 +127,111 @@ def _positive(name, value, *, allow_minus_one=False):
   if allow_minus_one and value == -1:
     return
   if not value >= 1:
-    _fail(f'{name} must be >= 1{" (or -1 for all)" if allow_minus_one else ""}, got {value}')
+    _fail(f'{name}={value!r} is not valid; it must be >= 1'
+          f'{" (or -1 for all)" if allow_minus_one else ""}')
 
 
-def validate(config) -> None:
-  """Raises ConfigError naming the field and the valid choices for any bad value."""
+def select_metrics(modes) -> list[str]:
+  """The valid eval.select_metric values for the given eval.modes."""
+  return [f'{EVAL_PREFIX[mode]}/{metric}' for mode in EVAL_PREFIX if mode in modes
+          for metric in ('error', 'loss')]
+
+
+def validate(config, *, device_count: int | None = None) -> None:
+  """Raises ConfigError naming the field and the valid choices for any bad value.
+
+  Args:
+    config: the whole run config (a ConfigDict as the config files build it).
+    device_count: the number of devices `train.num_devices` may use; None asks jax (call it
+      after `jax.distributed.initialize` on several hosts).
+  """
   keys = set(config.keys())
   if keys != set(TOP_LEVEL):
     _fail(f'config sections {sorted(keys)} differ from the expected {sorted(TOP_LEVEL)}: '
           f'missing {sorted(set(TOP_LEVEL) - keys)}, unknown {sorted(keys - set(TOP_LEVEL))}')
-  for dotted, fields in SECTIONS.items():
+  for dotted in SECTIONS:
+    fields = section_fields(dotted)
     got = set(_section(config, dotted).keys())
     if got != set(fields):
       _fail(f'config.{dotted} has missing fields {sorted(set(fields) - got)} and unknown fields '
             f'{sorted(got - set(fields))}; valid fields: {", ".join(fields)}')
   d, m, n, o, t, e, w = (config.data, config.model, config.model.norm, config.optimizer,
                          config.train, config.eval, config.wandb)
-  _choice('data.name', d.name, TASK_NAMES)
-  _choice('data.source', d.source, ('files', 'tfds'))
-  _choice('data.pixel_order', d.pixel_order, ('scanline', 'permuted', 'with_replacement'))
-  for name in ('seq_len', 'batch_size', 'eval_batch_size'):
-    _positive(f'data.{name}', d[name])
-  if d.name in ('ptb_char', 'ptb_char_valid', 'text8') and d.seq_len < 2:
-    _fail(f'data.seq_len={d.seq_len} gives no prediction step: a language-model segment of '
-          'length L has L - 1 predictions; use data.seq_len >= 2 (the paper: 100 PTB, 180 text8)')
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or config.seed < 0:
+    _fail(f'seed={config.seed!r} is not valid; it must be an integer >= 0')
+  try:
+    data_tasks.check_data_config(d)
+  except data_tasks.DataError as err:
+    _fail(str(err))
+
   _choice('model.cell', m.cell, tuple(cells.CELLS))
   _choice('model.recurrent_init', m.recurrent_init, inits.RECURRENT_INITS)
   for name in ('hidden', 'layers', 'unroll'):
     _positive(f'model.{name}', m[name])
   if m.h0_noise < 0:
-    _fail(f'model.h0_noise must be >= 0, got {m.h0_noise}')
+    _fail(f'model.h0_noise={m.h0_noise} is not valid; it must be >= 0')
   _choice('model.norm.name', n.name, tuple(NORMS))
+  scheme = NORMS[n.name]
+  if m.cell not in scheme.cells:
+    _choice(f'model.norm.name (with model.cell={m.cell!r})', n.name,
+            [name for name, s in NORMS.items() if m.cell in s.cells])
   if not n.gamma_init > 0:
-    _fail(f'model.norm.gamma_init must be > 0, got {n.gamma_init} (the paper uses 0.1; values '
-          '<= 0.01 were unstable)')
+    _fail(f'model.norm.gamma_init={n.gamma_init} is not valid; it must be > 0 (the paper uses '
+          '0.1 for BN; values <= 0.01 were unstable)')
   if not n.eps > 0:
-    _fail(f'model.norm.eps must be > 0, got {n.eps}')
-  if not 0 <= n.streaming_mix <= 1:
-    _fail(f'model.norm.streaming_mix must be in [0, 1], got {n.streaming_mix}')
+    _fail(f'model.norm.eps={n.eps} is not valid; it must be > 0')
+  for name, option in all_options().items():
+    if not option.check(n[name]):
+      _fail(f'model.norm.{name}={n[name]!r} is not valid; it must be {option.valid}')
   _positive('model.norm.max_time_steps', n.max_time_steps)
+  length = data_tasks.train_length(d)
+  if n.max_time_steps < length:
+    _fail(f'model.norm.max_time_steps={n.max_time_steps} is not valid; it must be >= the training '
+          f'length {length} of data.name={d.name!r} (set it to {length})')
   if not 0 < n.stats_rate <= 1:
-    _fail(f'model.norm.stats_rate must be in (0, 1], got {n.stats_rate}')
-  if get_scheme(n.name).uses_batch_statistics and d.batch_size < 2:
-    _fail(f'data.batch_size=1 with model.norm.name={n.name!r}: batch statistics are undefined at '
-          'batch size 1 (zero variance). Use batch_size >= 2, or a scheme without batch '
-          'statistics (none, layer, weight, cosine, streaming).')
+    _fail(f'model.norm.stats_rate={n.stats_rate} is not valid; it must be in (0, 1]')
+  if scheme.batch_statistics and d.batch_size < 2:
+    _fail(f'data.batch_size={d.batch_size} is not valid with model.norm.name={n.name!r}: batch '
+          'statistics are undefined at batch size 1 (zero variance). Use batch_size >= 2, or a '
+          'scheme without batch statistics: '
+          + ', '.join(k for k, s in NORMS.items() if not s.batch_statistics))
+
   _choice('optimizer.name', o.name, optim.OPTIMIZERS)
   for name in ('learning_rate', 'clip_norm', 'rmsprop_eps', 'adam_eps'):
     if not o[name] > 0:
-      _fail(f'optimizer.{name} must be > 0, got {o[name]}')
+      _fail(f'optimizer.{name}={o[name]} is not valid; it must be > 0')
+  for name in ('rmsprop_decay', 'adam_b1', 'adam_b2'):
+    if not 0 <= o[name] < 1:
+      _fail(f'optimizer.{name}={o[name]} is not valid; it must be in [0, 1)')
+
   _positive('train.num_steps', t.num_steps)
   for name in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
                'keep_checkpoints'):
     _positive(f'train.{name}', t[name])
-  if t.num_devices != -1:
-    _positive('train.num_devices', t.num_devices, allow_minus_one=True)
-  if t.num_devices > 1 and d.batch_size % t.num_devices:
-    _fail(f'data.batch_size={d.batch_size} is not divisible by train.num_devices='
-          f'{t.num_devices}: every device must get the same number of examples')
+  _positive('train.num_devices', t.num_devices, allow_minus_one=True)
+  if device_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    device_count = len(jax.devices())
+  if t.num_devices > device_count:
+    _fail(f'train.num_devices={t.num_devices} is not valid: this machine has {device_count} '
+          f'device(s); use 1..{device_count} or -1 for all')
+  devices = device_count if t.num_devices == -1 else t.num_devices
+  if devices > 1 and d.batch_size % devices:
+    _fail(f'data.batch_size={d.batch_size} is not divisible by the {devices} devices of '
+          f'train.num_devices={t.num_devices}: every device must get the same number of examples')
+
   if not e.modes or any(mode not in EVAL_MODES for mode in e.modes):
-    _fail(f'eval.modes={tuple(e.modes)!r}: each must be one of {", ".join(EVAL_MODES)}')
-  valid_select = [f'{prefix}/{metric}'
-                  for mode, prefix in (('population', 'val'), ('batch', 'val_batch'))
-                  if mode in e.modes for metric in ('error', 'loss')]
-  _choice('eval.select_metric', e.select_metric, valid_select)
+    _fail(f'eval.modes={tuple(e.modes)!r} is not valid; each must be one of '
+          f'{", ".join(EVAL_MODES)}')
+  _choice('eval.select_metric', e.select_metric, select_metrics(e.modes))
   _positive('eval.eval_batches', e.eval_batches, allow_minus_one=True)
   _choice('eval.popstats', e.popstats, POPSTATS)
   _positive('eval.reestimate_batches', e.reestimate_batches, allow_minus_one=True)
   _positive('eval.reestimate_batch_size', e.reestimate_batch_size)
   _positive('eval.stream_chunk', e.stream_chunk)
-  if e.full_stream and d.name in ('digits', 'mnist', 'mnist10k'):
-    _fail(f'eval.full_stream is for language models; data.name={d.name!r} is a classification '
-          'task')
+  if e.full_stream and data_tasks.task_kind(d.name) != 'lm':
+    _fail(f'eval.full_stream=True is not valid with data.name={d.name!r}: it is for language '
+          'models')
   _choice('wandb.mode', w.mode, WANDB_MODES)
+  if not w.init_timeout_s > 0:
+    _fail(f'wandb.init_timeout_s={w.init_timeout_s} is not valid; it must be > 0')

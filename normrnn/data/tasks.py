@@ -176,10 +176,11 @@ class ClassifyTask(Task):
             for start in range(0, n, size))
 
   def reestimate_batches(self, batch_size: int, num_batches=None):
-    """Training images in order (no shuffling), for BN population statistics (spec A.2).
+    """Training images in order (no shuffling), for BN population statistics.
 
     Full batches only: the last len(train) % batch_size images are left out so shapes stay fixed.
-    `num_batches` (default: one full pass) takes the first that many batches.
+    `num_batches` (default: one full pass) takes the first that many batches. See
+    docs/method.md, "Population statistics".
     """
     size = _positive_int(batch_size, 'batch_size')
     starts = self._batches(self.split_size('train'), size, num_batches, 'the training set')
@@ -277,8 +278,9 @@ class LMTask(Task):
   def reestimate_batches(self, batch_size: int, num_batches=None):
     """Training segments of seq_len from offset 0 (no random crop, no shuffle), in order.
 
-    For BN population statistics (spec A.2). floor(N / seq_len) segments, full batches only (the
-    remainder is left out); `num_batches` (default: one full pass) takes the first that many.
+    For BN population statistics (docs/method.md, "Population statistics"). floor(N / seq_len)
+    segments, full batches only (the remainder is left out); `num_batches` (default: one full
+    pass) takes the first that many.
     """
     size = _positive_int(batch_size, 'batch_size')
     n_segments = self.split_size('train') // self.seq_len
@@ -308,6 +310,58 @@ def _seed(value, what: str) -> int:
   return _integer(value, what, 0, 2**32)  # np.random.RandomState accepts [0, 2**32).
 
 
+def task_kind(name: str) -> str:
+  """'classify' for the image tasks, 'lm' for the text tasks."""
+  return 'classify' if name in sources.IMAGE_TASKS else 'lm'
+
+
+def check_data_config(data_cfg) -> dict:
+  """Validates config.data (a ConfigDict or any object with the CONFIG_FIELDS as attributes)
+  without reading any file; returns the fields as a dict. Raises DataError naming the field."""
+  cfg = {key: _field(data_cfg, key) for key in CONFIG_FIELDS}
+  name = cfg['name']
+  if name not in TASK_NAMES:
+    raise DataError(f'data.name={name!r} is not valid; choose one of: {", ".join(TASK_NAMES)}')
+  if cfg['source'] not in SOURCES:
+    raise DataError(f'data.source={cfg["source"]!r} is not valid; choose one of: '
+                    f'{", ".join(SOURCES)}')
+  if cfg['source'] == 'tfds' and name != 'mnist':
+    raise DataError(f'data.source="tfds" works only for mnist (tfds has no {name}); use '
+                    'data.source="files".')
+  if not isinstance(cfg['download'], bool):
+    raise DataError(f'data.download must be True or False, got {cfg["download"]!r}.')
+  if name != 'digits' and not isinstance(cfg['dir'], (str, bytes)) and not hasattr(
+      cfg['dir'], '__fspath__'):
+    raise DataError(f'data.dir must be a directory path, got {cfg["dir"]!r}.')
+  if cfg['pixel_order'] not in mnist.PIXEL_ORDERS:
+    raise DataError(f'data.pixel_order={cfg["pixel_order"]!r} is not valid; choose one of: '
+                    f'{", ".join(mnist.PIXEL_ORDERS)}')
+  cfg['permutation_seed'] = _seed(cfg['permutation_seed'], 'data.permutation_seed')
+  cfg['batch_size'] = _positive_int(cfg['batch_size'], 'data.batch_size')
+  cfg['eval_batch_size'] = _positive_int(cfg['eval_batch_size'], 'data.eval_batch_size')
+  cfg['seq_len'] = _positive_int(cfg['seq_len'], 'data.seq_len')
+  if name in sources.IMAGE_TASKS:
+    n_pixels = sources.IMAGE_TASKS[name][0]
+    if cfg['seq_len'] != n_pixels:
+      raise DataError(f'data.seq_len={cfg["seq_len"]} does not fit {name}: its images have '
+                      f'{n_pixels} pixels, one per time step, so set data.seq_len={n_pixels}.')
+  else:
+    if cfg['pixel_order'] != 'scanline':
+      raise DataError(f'data.pixel_order={cfg["pixel_order"]!r} has no meaning for the text task '
+                      f'{name}; set data.pixel_order="scanline".')
+    if cfg['seq_len'] < 2:
+      raise DataError(f'data.seq_len={cfg["seq_len"]} gives no prediction step for {name}: a '
+                      'language-model segment of length L has L - 1 predictions; use '
+                      'data.seq_len >= 2 (the paper: 100 PTB, 180 text8).')
+  return cfg
+
+
+def train_length(data_cfg) -> int:
+  """Prediction steps of one training example, from the config alone (no file is read)."""
+  cfg = check_data_config(data_cfg)
+  return cfg['seq_len'] if cfg['name'] in sources.IMAGE_TASKS else cfg['seq_len'] - 1
+
+
 def make_task(data_cfg, seed: int) -> Task:
   """Builds the task that `data_cfg` (a ConfigDict or any object with these attributes) names.
 
@@ -317,34 +371,17 @@ def make_task(data_cfg, seed: int) -> Task:
   training segment length including the target shift; images: must equal the pixel count),
   batch_size and eval_batch_size (int). `seed` drives the training shuffle (and LM offsets).
   """
-  cfg = {key: _field(data_cfg, key) for key in CONFIG_FIELDS}
+  cfg = check_data_config(data_cfg)
   name = cfg['name']
-  if name not in TASK_NAMES:
-    raise DataError(f'unknown data.name {name!r}; valid names: {", ".join(TASK_NAMES)}.')
-  if cfg['source'] not in SOURCES:
-    raise DataError(f'unknown data.source {cfg["source"]!r}; valid sources: {", ".join(SOURCES)}.')
-  if cfg['source'] == 'tfds' and name != 'mnist':
-    raise DataError(f'data.source="tfds" works only for mnist (tfds has no {name}); use '
-                    'data.source="files".')
-  if not isinstance(cfg['download'], bool):
-    raise DataError(f'data.download must be True or False, got {cfg["download"]!r}.')
-  if name != 'digits' and not isinstance(cfg['dir'], (str, bytes)) and not hasattr(
-      cfg['dir'], '__fspath__'):
-    raise DataError(f'data.dir must be a directory path, got {cfg["dir"]!r}.')
   if name != 'digits':
     cfg['dir'] = Path(cfg['dir']).expanduser()
-  permutation_seed = _seed(cfg['permutation_seed'], 'data.permutation_seed')
+  permutation_seed = cfg['permutation_seed']
   seed = _seed(seed, 'the seed passed to make_task')
-  batch_size = _positive_int(cfg['batch_size'], 'data.batch_size')
-  eval_batch_size = _positive_int(cfg['eval_batch_size'], 'data.eval_batch_size')
-  seq_len = _positive_int(cfg['seq_len'], 'data.seq_len')
-  common = dict(seed=seed, batch_size=batch_size, eval_batch_size=eval_batch_size)
+  seq_len = cfg['seq_len']
+  common = dict(seed=seed, batch_size=cfg['batch_size'], eval_batch_size=cfg['eval_batch_size'])
 
   if name in sources.IMAGE_TASKS:
     n_pixels, scale = sources.IMAGE_TASKS[name]
-    if seq_len != n_pixels:
-      raise DataError(f'data.seq_len={seq_len} does not fit {name}: its images have {n_pixels} '
-                      f'pixels, one per time step, so set data.seq_len={n_pixels}.')
     order = mnist.pixel_order(cfg['pixel_order'], permutation_seed, n_pixels)
     splits, info = sources.LOADERS[name](_Config(cfg))
     info.update(pixel_order=cfg['pixel_order'], permutation_seed=permutation_seed,
@@ -352,11 +389,6 @@ def make_task(data_cfg, seed: int) -> Task:
                 pixel_scale=float(scale))
     return ClassifyTask(name, splits, scale=scale, order=order, info=info, **common)
 
-  if cfg['pixel_order'] != 'scanline':
-    raise DataError(f'data.pixel_order={cfg["pixel_order"]!r} has no meaning for the text task '
-                    f'{name}; set data.pixel_order="scanline".')
-  if seq_len < 2:
-    raise DataError(f'data.seq_len must be >= 2 for {name} (one input and one target symbol).')
   splits, info = sources.LOADERS[name](_Config(cfg))
   return LMTask(name, splits, vocab=sources.TEXT_VOCABS[name], seq_len=seq_len, info=info,
                 **common)

@@ -1,51 +1,71 @@
-"""The normalization schemes, selectable by name from one explicit table.
+"""The normalization schemes: one explicit registry of the `SCHEME` each scheme file declares.
 
-Each scheme file defines the site modules it uses and a `SITES` dict naming the module for the
-input term, the recurrent term, the cell state, and the kernel transform (see `base.py` for the
-shared call signature). Adding a scheme = one file + one line here; the parameterized tests pick
-it up from this table.
+Adding a scheme = one new file `normrnn/norms/<name>.py` ending in `SCHEME = Scheme(...)` (see
+`scheme.py` for every field) + one line in `_BUILTIN` below + its numpy reference in the tests.
+Everything else (config defaults and validation, reproduce rows, the benchmark's schemes, the
+parameterized tests) reads this registry. Code outside the package can add a scheme at run time
+with `register(SCHEME)` (README, "Adding a normalization scheme").
 """
 from __future__ import annotations
 
-import dataclasses
-
-from normrnn.norms import (base, batch, batch_input, cosine, layer, none, sequence, streaming,
+from normrnn.norms import (batch, batch_input, cosine, layer, none, sequence, streaming,
                            weight)
-from normrnn.norms.base import NormOptions, SiteNorm
+from normrnn.norms.base import SiteNorm
+from normrnn.norms.scheme import NormOptions, Option, Scheme
 
-__all__ = ['NORMS', 'Scheme', 'NormOptions', 'SiteNorm', 'get_scheme']
+__all__ = ['NORMS', 'NormOptions', 'Option', 'Scheme', 'SiteNorm', 'get_scheme', 'register',
+           'unregister', 'all_options']
 
+_BUILTIN = (
+    none.SCHEME,          # baseline LSTM (Cooijmans et al. 2016, --baseline)
+    batch.SCHEME,         # Cooijmans et al. 2016
+    batch_input.SCHEME,   # Laurent et al. 2016
+    sequence.SCHEME,      # Amodei et al. 2016 (Deep Speech 2)
+    layer.SCHEME,         # Ba et al. 2016
+    weight.SCHEME,        # Salimans & Kingma 2016
+    cosine.SCHEME,        # Luo et al. 2017
+    streaming.SCHEME,     # Liao et al. 2016
+)
 
-@dataclasses.dataclass(frozen=True)
-class Scheme:
-  """Which module acts at each site. `kernel` transforms W_x and W_h before the matmul."""
-  name: str
-  input: type
-  recurrent: type
-  cell: type
-  kernel: type
-
-  @property
-  def uses_batch_statistics(self) -> bool:
-    """True if training normalizes with statistics of the current batch (needs batch >= 2)."""
-    return any(cls in (batch.BatchStep, sequence.BatchSequence)
-               for cls in (self.input, self.recurrent, self.cell))
-
-
-def _scheme(name, module):
-  return Scheme(name=name, **module.SITES)
+NORMS: dict[str, Scheme] = {}
 
 
-NORMS: dict[str, Scheme] = {
-    'none': _scheme('none', none),                       # baseline LSTM (Cooijmans --baseline)
-    'batch': _scheme('batch', batch),                    # Cooijmans et al. 2016
-    'batch_input': _scheme('batch_input', batch_input),  # Laurent et al. 2016
-    'sequence': _scheme('sequence', sequence),           # Amodei et al. 2016 (Deep Speech 2)
-    'layer': _scheme('layer', layer),                    # Ba et al. 2016
-    'weight': _scheme('weight', weight),                 # Salimans & Kingma 2016
-    'cosine': _scheme('cosine', cosine),                 # Luo et al. 2017
-    'streaming': _scheme('streaming', streaming),        # Liao et al. 2016
-}
+def register(scheme: Scheme) -> Scheme:
+  """Adds `scheme` to NORMS after checking its declaration; returns it.
+
+  Raises:
+    ValueError: a scheme of that name exists, the declaration is inconsistent, or one of its
+      options has the name of another scheme's option with a different default.
+  """
+  if scheme.name in NORMS:
+    raise ValueError(f'a scheme named {scheme.name!r} is already registered')
+  scheme.check()
+  known = all_options()
+  for option in scheme.options:
+    if option.name in ('name', 'gamma_init', 'eps', 'max_time_steps', 'stats_rate', 'popstats'):
+      raise ValueError(f'scheme {scheme.name!r}: option {option.name!r} shadows a config field')
+    other = known.get(option.name)
+    if other is not None and other is not option:
+      raise ValueError(f'scheme {scheme.name!r}: option {option.name!r} is already declared by '
+                       'another scheme with a different definition; choose another name')
+  NORMS[scheme.name] = scheme
+  return scheme
+
+
+def unregister(name: str) -> None:
+  """Removes a scheme added with `register` (tests use it to clean up)."""
+  if name in {s.name for s in _BUILTIN}:
+    raise ValueError(f'{name!r} is a built-in scheme')
+  NORMS.pop(name, None)
+
+
+def all_options() -> dict[str, Option]:
+  """Every registered scheme's own options by name (the `model.norm.<option>` config fields)."""
+  out = {}
+  for scheme in NORMS.values():
+    for option in scheme.options:
+      out.setdefault(option.name, option)
+  return out
 
 
 def get_scheme(name: str) -> Scheme:
@@ -54,3 +74,8 @@ def get_scheme(name: str) -> Scheme:
   except KeyError:
     raise ValueError(f'unknown normalization scheme {name!r}; valid names: '
                      f'{", ".join(NORMS)}') from None
+
+
+for _scheme in _BUILTIN:
+  register(_scheme)
+del _scheme

@@ -34,7 +34,6 @@ Class attributes tell the scan what to allocate: `stats_kind` is None, 'per_step
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, ClassVar
 
@@ -42,34 +41,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from normrnn.norms.scheme import NormOptions, Option
+
 SITES = ('input', 'recurrent', 'cell', 'sum')
 # Sites that carry a learned shift beta. The input and recurrent terms have none: the LSTM bias b
 # absorbs it (Cooijmans et al. 2016 sec. 3); the cell BN and the tanh-RNN BN keep theirs.
 SHIFT_SITES = ('cell', 'sum')
-
-
-@dataclasses.dataclass(frozen=True)
-class NormOptions:
-  """Options shared by all schemes; every value comes from the config (no defaults here).
-
-  Attributes:
-    gamma_init: initial value of the per-unit gain (BN: 0.1 in Cooijmans et al.; LN: 1.0 in Ba et
-      al.; cosine: the initial per-unit scale). Must be > 0.
-    eps: added to the variance inside the square root (1e-5 in the paper's code).
-    streaming_mix: weight lambda of the short-term statistics in streaming norm, in [0, 1].
-  """
-  gamma_init: float
-  eps: float
-  streaming_mix: float
-
-  def __post_init__(self):
-    if not self.gamma_init > 0:
-      raise ValueError(f'norm gamma_init must be > 0, got {self.gamma_init} '
-                       '(the paper uses 0.1 for BN; values <= 0.01 were unstable).')
-    if not self.eps > 0:
-      raise ValueError(f'norm eps must be > 0, got {self.eps}.')
-    if not 0.0 <= self.streaming_mix <= 1.0:
-      raise ValueError(f'norm streaming_mix must be in [0, 1], got {self.streaming_mix}.')
 
 
 def masked_moments(a: jax.Array, mask: jax.Array, axes: tuple[int, ...]):
@@ -103,10 +80,10 @@ def masked_standardize(a: jax.Array, mask: jax.Array, axes: tuple[int, ...], eps
     da = r * (dy - m * (sum(dy) + y * sum(dy * y)) / n)   (+ the terms of d mean, d var)
 
   with r = 1/sqrt(var + eps), n the number of valid positions and the sums over `axes` (all
-  positions: a padded position's y also depends on the valid positions' mean and r). It saves only y and r for
-  the backward pass and needs two reductions there, where autodiff of the forward formula saves
-  more and reduces more; inside the time loop that is most of BN's cost on CPU
-  (docs/benchmarks.md).
+  positions: a padded position's y also depends on the valid positions' mean and r). It saves
+  only y and r for the backward pass and needs two reductions there, where autodiff of the
+  forward formula saves more and reduces more; inside the time loop that is most of BN's cost on
+  CPU (docs/benchmarks.md).
   """
   return _masked_standardize_fwd(a, mask, axes, eps)[0]
 
@@ -169,6 +146,10 @@ class SiteNorm(nn.Module):
   train: bool
 
   stats_kind: ClassVar[str | None] = None
+  # True if training normalizes with statistics of the current batch (batch size >= 2 needed).
+  batch_statistics: ClassVar[bool] = False
+  # The scheme options this class reads (`Scheme.options` collects them).
+  OPTIONS: ClassVar[tuple[Option, ...]] = ()
   # True if the statistics need the whole [time, batch, F] term (sequence-wise BN): such an input
   # site is always computed before the time loop.
   needs_whole_sequence: ClassVar[bool] = False
@@ -177,6 +158,13 @@ class SiteNorm(nn.Module):
     """Per-sequence state carried through the time loop (empty unless a scheme needs one)."""
     del batch_size, dtype
     return ()
+
+  def option(self, name: str):
+    """The value of one of this class's OPTIONS: from `options`, else its declared default."""
+    for option in self.OPTIONS:
+      if option.name == name:
+        return self.options.get(name, option.default)
+    raise KeyError(f'{type(self).__name__} declares no option {name!r}')
 
   def gain(self):
     return self.param('gamma', nn.initializers.constant(self.options.gamma_init),

@@ -10,19 +10,21 @@ arXiv:1603.09025, sec. 3, eqs. 6-8:
   BN(a; gamma, beta) = beta + gamma * (a - E[a]) / sqrt(Var[a] + eps)                 (sec. 2.2)
 
 * Training: E and Var are the mean and the biased variance over the batch axis only, separately
-  for every time step t and for every site (spec A.2), with padded positions masked out.
+  for every time step t and for every site (docs/method.md, "Population statistics"), with
+  padded positions masked out.
 * Evaluation: per-time-step population statistics, a [max_time_steps, features] table per site;
-  for t >= max_time_steps the scan passes the last trained step's statistics (spec A.2,
-  pitfall D.4). The tables are either the running averages kept during training
-  (pop <- (1 - rate) * pop + rate * batch) or, for the paper's reported numbers, re-estimated as
-  the plain average of per-batch statistics over a pass of training batches
-  (`normrnn.popstats.reestimate`).
+  for t >= max_time_steps the scan passes the last trained step's statistics
+  (docs/method.md, "Population statistics"; pitfall P4). The tables are either the running
+  averages kept during training (pop <- (1 - rate) * pop + rate * batch) or, for the paper's
+  reported numbers, re-estimated as the plain average of per-batch statistics over a pass of
+  training batches (`normrnn.popstats.reestimate`).
 * gamma is shared over time and initialized from the config (0.1 in the paper); the input and
   recurrent terms have no shift (b carries it), the cell BN has a learned beta_c (init 0).
 """
 import flax.linen as nn
 
 from normrnn.norms import base
+from normrnn.norms.scheme import Scheme
 
 
 class BatchStep(base.SiteNorm):
@@ -33,6 +35,7 @@ class BatchStep(base.SiteNorm):
   per-step statistics [time, features], identical to normalizing every step separately.
   """
   stats_kind = 'per_step'
+  batch_statistics = True
 
   @nn.compact
   def __call__(self, a, *, x, mask, stats, state):
@@ -54,4 +57,9 @@ class BatchStep(base.SiteNorm):
     return self.shift(y), moments, state
 
 
-SITES = dict(input=BatchStep, recurrent=BatchStep, cell=BatchStep, kernel=base.IdentityKernel)
+SCHEME = Scheme(
+    name='batch', label='BN-LSTM', paper='Cooijmans et al. 2016, eqs. 6-8',
+    gamma_init=0.1,  # the paper's value in every experiment; 1.0 saturates tanh (Fig. 4a/6)
+    batch_statistics=True,
+    input=BatchStep, recurrent=BatchStep, cell=BatchStep, sum=BatchStep,
+    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn'))

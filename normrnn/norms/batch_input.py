@@ -1,7 +1,7 @@
 """`batch_input`: BN on the input term only, frame-wise (per-time-step) statistics.
 
 Laurent, Pereyra, Brakel, Zhang, Bengio (2016), "Batch Normalized Recurrent Neural Networks",
-ICASSP 2016, arXiv:1510.01378, eq. 8 as it sits in an LSTM (spec C.2):
+ICASSP 2016, arXiv:1510.01378, eq. 8 as it sits in an LSTM (docs/method.md, "batch_input"):
 
   (f, i, o, g) = W_h h_{t-1} + BN(W_x x_t; gamma_x, 0) + b
 
@@ -13,6 +13,11 @@ Laurent et al. initialized gamma to 1; Cooijmans et al. attribute their failure 
 so gamma_init is an explicit config value here (the sweep over it is a config override).
 """
 from normrnn.norms import base, batch, none
+from normrnn.norms.scheme import Scheme
 
-SITES = dict(input=batch.BatchStep, recurrent=none.Identity, cell=none.Identity,
-             kernel=base.IdentityKernel)
+SCHEME = Scheme(
+    name='batch_input', label='BN-input LSTM', paper='Laurent et al. 2016, eq. 8',
+    gamma_init=0.1,  # Laurent et al. used 1.0; 0.1 here for parity with 'batch' (sweep it)
+    batch_statistics=True,
+    input=batch.BatchStep, recurrent=none.Identity, cell=none.Identity,
+    kernel=base.IdentityKernel)

@@ -5,8 +5,8 @@ Product in Neural Networks", arXiv:1702.05870, eq. 4:
 
   net_k = cos(theta_k) = (w_k . x) / (|w_k| |x|)
 
-Applied inside the LSTM to each gate unit of both terms separately (spec C.5; the paper has no
-recurrent experiment, so this placement is our extension):
+Applied inside the LSTM to each gate unit of both terms separately (docs/method.md, "cosine";
+the paper has no recurrent experiment, so this placement is our extension):
 
   (f, i, o, g) = s_x * cos(W_x, x_t) + s_h * cos(W_h, h_{t-1}) + b
 
@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from normrnn.norms import base, none
+from normrnn.norms.scheme import Scheme
 
 
 class CosineKernel(nn.Module):
@@ -41,4 +42,8 @@ class Cosine(base.SiteNorm):
     return self.shift(self.gain() * a / x_norm), None, state
 
 
-SITES = dict(input=Cosine, recurrent=Cosine, cell=none.Identity, kernel=CosineKernel)
+SCHEME = Scheme(
+    name='cosine', label='cosine-norm LSTM', paper='Luo et al. 2017, eq. 4',
+    gamma_init=1.0,  # the per-unit scale of the cosines (which are O(1/sqrt(fan-in)))
+    batch_statistics=False,
+    input=Cosine, recurrent=Cosine, cell=none.Identity, kernel=CosineKernel)

@@ -9,17 +9,19 @@ Ba, Kiros, Hinton (2016), "Layer Normalization", arXiv:1607.06450, supplementary
   LN(z; alpha, beta) = alpha * (z - mu) / sqrt(sigma^2 + eps) + beta, with mu, sigma^2 the mean and
   biased variance over the FEATURE axis of one example at one time step.
 
-Choices (spec C.1, pitfall D.19): normalization over all 4*hidden gate units jointly (as the
-official code `ryankiros/layer-norm`), eps inside the sqrt (1e-5), the carried c_t is the
-un-normalized one, gains initialized from the config (1.0 in Ba et al.). The shifts of the two
-terms are dropped because the single bias b absorbs them (as in recurrent BN); the cell LN keeps
-beta_3. Train and test compute the same thing; works at batch size 1; no statistics to store.
+Choices (docs/method.md, "layer"; pitfall P19): normalization over all 4*hidden gate units
+jointly (as the official code `ryankiros/layer-norm`), eps inside the sqrt (1e-5), the carried
+c_t is the un-normalized one, gains initialized from the config (1.0 in Ba et al.). The shifts
+of the two terms are dropped because the single bias b absorbs them (as in recurrent BN); the
+cell LN keeps beta_3. Train and test compute the same thing; works at batch size 1; no
+statistics to store.
 """
 import jax.numpy as jnp
 
 import flax.linen as nn
 
 from normrnn.norms import base
+from normrnn.norms.scheme import Scheme
 
 
 class LayerNorm(base.SiteNorm):
@@ -34,4 +36,9 @@ class LayerNorm(base.SiteNorm):
     return self.shift(y), None, state
 
 
-SITES = dict(input=LayerNorm, recurrent=LayerNorm, cell=LayerNorm, kernel=base.IdentityKernel)
+SCHEME = Scheme(
+    name='layer', label='LN-LSTM', paper='Ba et al. 2016, supp. eqs. 20-22',
+    gamma_init=1.0,  # Ba et al. 2016 sec. 6.2
+    batch_statistics=False,
+    input=LayerNorm, recurrent=LayerNorm, cell=LayerNorm, sum=LayerNorm,
+    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn'))

@@ -7,12 +7,13 @@ Amodei et al. (2016), "Deep Speech 2", arXiv:1512.02595, sec. 3.2, eq. (with B =
 For each unit the mean and biased variance are taken over all batch items AND all valid time
 steps of the minibatch; padded frames are excluded (Cooijmans et al. 2016 sec. 5.4, BN-e*).
 Inference uses one shared population table (no per-step statistics), so any length works. In an
-LSTM (spec C.3): (f, i, o, g) = W_h h_{t-1} + BN_seq(W_x x_t; gamma_x, 0) + b; the cell keeps the
-baseline's learned offset beta_c.
+LSTM (docs/method.md, "sequence"): (f, i, o, g) = W_h h_{t-1} + BN_seq(W_x x_t; gamma_x, 0) + b;
+the cell keeps the baseline's learned offset beta_c.
 """
 import flax.linen as nn
 
 from normrnn.norms import base, none
+from normrnn.norms.scheme import Scheme
 
 
 class BatchSequence(base.SiteNorm):
@@ -20,6 +21,7 @@ class BatchSequence(base.SiteNorm):
   for the input term, which the scan computes for all steps before the loop."""
   stats_kind = 'shared'
   needs_whole_sequence = True
+  batch_statistics = True
 
   @nn.compact
   def __call__(self, a, *, x, mask, stats, state):
@@ -37,5 +39,9 @@ class BatchSequence(base.SiteNorm):
     return self.shift(y), moments, state
 
 
-SITES = dict(input=BatchSequence, recurrent=none.Identity, cell=none.Identity,
-             kernel=base.IdentityKernel)
+SCHEME = Scheme(
+    name='sequence', label='sequence-BN LSTM', paper='Amodei et al. 2016 (Deep Speech 2), sec. 3.2',
+    gamma_init=0.1,  # as batch_input
+    batch_statistics=True,
+    input=BatchSequence, recurrent=none.Identity, cell=none.Identity,
+    kernel=base.IdentityKernel)

@@ -7,8 +7,8 @@ The paper's idea: normalization statistics accumulated online from the samples s
 (a short-term and a long-term accumulator, combined), shared over time steps, with the SAME
 computation at training and test time, so it works for online learning at batch size 1 and
 for any sequence length. Its exact mixing weights and "streaming gradient" formulas could not
-be confirmed from the sources available here (spec C.6, E), so this is the formulation we
-implement, stated exactly:
+be confirmed from the sources available here (docs/method.md, "Open points"), so this is the
+formulation we implement, stated exactly:
 
   short-term  causal per-example moments of this sequence, over its valid steps s <= t:
               mu_S = (1/n_t) sum_{s<=t} a_s,   m2_S = (1/n_t) sum_{s<=t} a_s^2
@@ -35,11 +35,14 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from normrnn.norms import base
+from normrnn.norms.scheme import Option, Scheme
 
 
 class Streaming(base.SiteNorm):
   """Causal short-term + long-term statistics, shared over time (see module docstring)."""
   stats_kind = 'shared'
+  OPTIONS = (Option('streaming_mix', 0.5, 'in [0, 1]', lambda v: 0.0 <= v <= 1.0,
+                    'weight lambda of the short-term (per-sequence) statistics'),)
 
   def initial_state(self, batch_size, dtype):
     zeros = jnp.zeros((batch_size, self.features), dtype)
@@ -60,7 +63,7 @@ class Streaming(base.SiteNorm):
       s2 = state['s2'] + jnp.square(a) * m
       new_state = dict(n=n, s1=s1, s2=s2)
     safe = jnp.maximum(n, 1.0)
-    lam = self.options.streaming_mix
+    lam = self.option('streaming_mix')
     mu_l, var_l = stats['mean'], stats['var']
     mu = lam * s1 / safe + (1.0 - lam) * mu_l
     second = lam * s2 / safe + (1.0 - lam) * (var_l + jnp.square(mu_l))
@@ -74,4 +77,9 @@ class Streaming(base.SiteNorm):
     return y, moments, new_state
 
 
-SITES = dict(input=Streaming, recurrent=Streaming, cell=Streaming, kernel=base.IdentityKernel)
+SCHEME = Scheme(
+    name='streaming', label='streaming-norm LSTM', paper='Liao et al. 2016 (our formulation)',
+    gamma_init=0.1,  # a BN-type normalizer: same reasoning as 'batch'
+    batch_statistics=False,
+    input=Streaming, recurrent=Streaming, cell=Streaming, sum=Streaming,
+    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn'))

@@ -6,7 +6,7 @@ Training of Deep Neural Networks", arXiv:1602.07868, eq. 2:
   w_k = g_k * v_k / ||v_k||
 
 applied to every column k (each of the 4*hidden gate units) of W_x and of W_h, with separate
-gains (spec C.4):
+gains (docs/method.md, "weight"):
 
   (f, i, o, g) = (V_x diag(g_x / ||V_x||)) x_t + (V_h diag(g_h / ||V_h||)) h_{t-1} + b
 
@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from normrnn.norms import none
+from normrnn.norms.scheme import Scheme
 
 
 class WeightNormKernel(nn.Module):
@@ -32,5 +33,8 @@ class WeightNormKernel(nn.Module):
     return kernel * (g / norms)
 
 
-SITES = dict(input=none.Identity, recurrent=none.Identity, cell=none.Identity,
-             kernel=WeightNormKernel)
+SCHEME = Scheme(
+    name='weight', label='WN-LSTM', paper='Salimans & Kingma 2016, eq. 2',
+    gamma_init=1.0,  # unused: g starts at ||v_init|| so W starts at the paper's init
+    batch_statistics=False,
+    input=none.Identity, recurrent=none.Identity, cell=none.Identity, kernel=WeightNormKernel)
