@@ -2,70 +2,37 @@
 
   python experiments/compare.py RUN_DIR [RUN_DIR ...] --out DIR [--metrics train/loss,val/bpc]
 
-Reads each run's metrics.jsonl (`normrnn.writers.read_metrics`), config.json and results.json
-(missing for a run still training: its table row says so). Writes into --out one PNG per metric
-(`train_loss.png` for train/loss; one line per run, labelled by the run directory's name, norm
-and initial gamma) and summary.md: a markdown table with task, norm, gamma, best step, the final
-test metrics of results.json and the wall time. Default metrics: every train/, val/ and
-val_batch/ key found in the files.
+Reads each run directory with `normrnn.rundir.read_run` (metrics.jsonl, config.json and
+results.json, which is missing for a run still training: its table row says so). Writes into
+--out one PNG per metric (`train_loss.png` for train/loss; one line per run, labelled with
+`Run.label`, e.g. 'run_bn (BN-LSTM, gamma=0.1)'; each run keeps one color in every plot) and
+summary.md: a markdown table with task, norm, gamma, best step, the final test metrics of
+results.json and the wall time. Default metrics: every train/, val/ and val_batch/ key found in
+the files.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from normrnn.writers import read_metrics  # noqa: E402
+from normrnn.rundir import read_run  # noqa: E402
 
 CURVE_PREFIXES = ('train/', 'val/', 'val_batch/')
 TEST_PREFIXES = ('test', 'val_final')
-
-
-def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
-def load_run(run_dir: str) -> dict:
-  """{'name', 'dir', 'records', 'config', 'results'} of one run directory."""
-  metrics_path = os.path.join(run_dir, 'metrics.jsonl')
-  if not os.path.exists(metrics_path):
-    raise FileNotFoundError(f'{run_dir} has no metrics.jsonl: is it a run workdir?')
-  return dict(name=os.path.basename(os.path.normpath(run_dir)), dir=run_dir,
-              records=read_metrics(metrics_path),
-              config=_read_json(os.path.join(run_dir, 'config.json')) or {},
-              results=_read_json(os.path.join(run_dir, 'results.json')))
-
-
-def run_norm_gamma(run: dict):
-  """(norm, gamma_init) from config.json, else results.json, else (None, None)."""
-  norm = run['config'].get('model', {}).get('norm', {})
-  results = run['results'] or {}
-  return norm.get('name', results.get('norm')), norm.get('gamma_init', results.get('gamma_init'))
-
-
-def run_label(run: dict) -> str:
-  norm, gamma = run_norm_gamma(run)
-  return f'{run["name"]} ({norm}, gamma={gamma:g})' if gamma is not None else (
-      f'{run["name"]} ({norm})')
+LINESTYLES = ('-', '--', ':', '-.')
 
 
 def curve_metrics(runs) -> list[str]:
   """train/, val/ and val_batch/ keys present in any run, in first-seen order."""
   seen = {}
   for run in runs:
-    for record in run['records']:
+    for record in run.records:
       for key in record:
         if key.startswith(CURVE_PREFIXES):
           seen.setdefault(key, None)
@@ -76,16 +43,28 @@ def metric_filename(metric: str) -> str:
   return metric.replace('/', '_') + '.png'
 
 
-def plot_metric(runs, metric: str, path: str) -> bool:
-  """One line per run that logged `metric` (NaN points left out); False if none did."""
+def run_styles(runs) -> list[dict]:
+  """One line style per run, by run order: the tab10 colors, then the next line style for runs
+  11-20 and so on, so that a run looks the same in every plot (also in plots that some runs did
+  not log)."""
+  colors = plt.get_cmap('tab10').colors
+  return [dict(color=colors[i % len(colors)],
+               linestyle=LINESTYLES[(i // len(colors)) % len(LINESTYLES)])
+          for i in range(len(runs))]
+
+
+def plot_metric(runs, metric: str, path: str, styles=None) -> bool:
+  """One line per run that logged `metric` (NaN points left out); False if none did.
+  `styles`: per-run line styles (default `run_styles(runs)`)."""
+  styles = run_styles(runs) if styles is None else styles
   fig, ax = plt.subplots(figsize=(7, 4.5))
   drawn = False
-  for run in runs:
-    points = [(r['step'], r[metric]) for r in run['records']
+  for run, style in zip(runs, styles):
+    points = [(r['step'], r[metric]) for r in run.records
               if metric in r and isinstance(r[metric], (int, float)) and math.isfinite(r[metric])]
     if points:
       steps, values = zip(*points)
-      ax.plot(steps, values, marker='.' if len(points) < 30 else None, label=run_label(run))
+      ax.plot(steps, values, marker='.' if len(points) < 30 else None, label=run.label, **style)
       drawn = True
   if drawn:
     ax.set_xlabel('training step')
@@ -109,36 +88,33 @@ def _fmt(value) -> str:
 
 def summary_table(runs) -> str:
   """Markdown table: run, task, norm, gamma, best step, final test metrics, wall time."""
-  test_keys = sorted({k for run in runs for k in ((run['results'] or {}).get('metrics') or {})
+  test_keys = sorted({k for run in runs for k in ((run.results or {}).get('metrics') or {})
                       if k.startswith(TEST_PREFIXES)})
   header = ['run', 'task', 'norm', 'gamma', 'best step', *test_keys, 'wall time (s)']
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for run in runs:
-    results = run['results']
-    norm, gamma = run_norm_gamma(run)
-    task = run['config'].get('task', (results or {}).get('task'))
-    if results is None:
-      last = run['records'][-1]['step'] if run['records'] else 0
-      cells = [run['name'], _fmt(task), _fmt(norm), _fmt(gamma),
-               f'no results.json (last logged step {last})', *['-'] * len(test_keys), '-']
+    first = [run.name, _fmt(run.task), _fmt(run.scheme), _fmt(run.gamma)]
+    if not run.finished:
+      cells = [*first, f'no results.json (last logged step {run.last_step or 0})',
+               *['-'] * len(test_keys), '-']
     else:
-      m = results.get('metrics', {})
-      cells = [run['name'], _fmt(task), _fmt(norm), _fmt(gamma), _fmt(results.get('best_step')),
-               *[_fmt(m.get(k)) for k in test_keys], _fmt(results.get('wall_time_s'))]
+      cells = [*first, _fmt(run.results.get('best_step')),
+               *[_fmt(run.final(k)) for k in test_keys], _fmt(run.results.get('wall_time_s'))]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
 
 
 def compare(run_dirs, out: str, metrics=None) -> dict:
   """Writes the PNGs and summary.md into `out`; returns {metric: png path or None}."""
-  runs = [load_run(d) for d in run_dirs]
+  runs = [read_run(d) for d in run_dirs]
   metrics = list(metrics) if metrics else curve_metrics(runs)
+  styles = run_styles(runs)
   os.makedirs(out, exist_ok=True)
   pngs = {}
   for metric in metrics:
     path = os.path.join(out, metric_filename(metric))
-    pngs[metric] = path if plot_metric(runs, metric, path) else None
-  lines = ['# Run comparison', '', 'Runs: ' + ', '.join(f'`{r["dir"]}`' for r in runs), '',
+    pngs[metric] = path if plot_metric(runs, metric, path, styles) else None
+  lines = ['# Run comparison', '', 'Runs: ' + ', '.join(f'`{r.path}`' for r in runs), '',
            summary_table(runs), '## Learning curves', '']
   for metric, path in pngs.items():
     lines.append(f'- `{metric}`: ' + (f'![{metric}]({os.path.basename(path)})' if path

@@ -1,4 +1,4 @@
-"""Initial-gamma sensitivity curves (Cooijmans et al. 2016, App. B, Fig. 6; paper spec B.5).
+"""Initial-gamma sensitivity curves (Cooijmans et al. 2016, App. B, Fig. 6).
 
 Reads the run directories of gamma sweeps:
 
@@ -6,23 +6,26 @@ Reads the run directories of gamma sweeps:
   python scripts/sweep.py --config configs/ptb_char.py:size=cpu --workdir runs/ptb_gamma
   python experiments/gamma_sensitivity.py runs/pmnist_gamma [runs/ptb_gamma ...] --out DIR
 
-Each ROOT is one sweep: every subdirectory holding metrics.jsonl is a run; its initial gamma is
-config.json's model.norm.gamma_init, and a run with model.norm.name=none is the LSTM baseline
-(labelled `LSTM`). For each ROOT (task = config.json's `task`) the figure has two panels: training
-loss (`train/loss`) and validation loss vs step, one line per gamma. Validation loss is
-`val_batch/loss` (batch statistics, the mode of the paper's figure) where a run logged it, else
-`val/loss` (population statistics; the same thing for the LSTM). Losses are cross-entropies in
-nats. The JSON keeps both validation losses where a run logged both.
+Each ROOT is one sweep: every run directory under it that has logged metrics is a run
+(`normrnn.rundir.find_runs`); its initial gamma is config.json's model.norm.gamma_init, and a run
+with model.norm.name=none is the baseline (labelled with its registered label, `LSTM`). For each
+ROOT (task = config.json's `task`) the figure has two panels: training loss (`train/loss`) and
+validation loss vs step, one line per gamma. Validation loss is `val_batch/loss` (batch
+statistics, the mode of the paper's figure) where a run logged it, else `val/loss` (population
+statistics; the same thing for the LSTM). Losses are cross-entropies in nats. The JSON keeps both
+validation losses where a run logged both.
 
 Writes DIR/gamma_sensitivity.png and DIR/gamma_sensitivity.json:
   {"tasks": [{"task", "root", "gammas", "baseline", "step": {metric: {key: [...]}},
               "train/loss": {key: [...]}, "val_batch/loss": {...}, "val/loss": {...},
               "final": {key: {...}}, "ordering": {...}, "paper": {...} or null}],
    "command": ...}
-where key is the gamma as text ("0.1") or "LSTM". It also prints, per task, a markdown table of
-the validation loss per gamma (at the last step every gamma run reached, best, mean over the
-evaluations) and whether it increases with gamma, the paper's pMNIST criterion (larger gamma
-learns slower). The paper's PTB criterion is different: nearly identical curves.
+where key is the gamma as text ("0.1"), "LSTM", or for a scheme other than BN-LSTM its label and
+gamma ("LN-LSTM 1"). It also prints, per task, a markdown table of the validation loss per gamma
+(at the last step every gamma run reached, best, mean over the evaluations) and whether it
+increases with gamma, the paper's pMNIST criterion (larger gamma learns slower). The paper's PTB
+criterion is different: nearly identical curves (docs/method.md, "Reference numbers from the
+paper").
 """
 from __future__ import annotations
 
@@ -36,21 +39,20 @@ import sys
 import matplotlib
 
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402  (after matplotlib.use)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from normrnn import norms  # noqa: E402
 from normrnn.jsonio import finite_or_none  # noqa: E402
-from normrnn.writers import read_metrics  # noqa: E402
+from normrnn.rundir import Run, find_runs  # noqa: E402
 
 TRAIN = 'train/loss'
 VALIDATION = ('val_batch/loss', 'val/loss')  # preferred first
-BASELINE = 'LSTM'
+BASELINE_SCHEME = 'none'
 
-# Paper spec B.5, Fig. 6 (results/iclr/plot.py of the authors' repository).
+# Fig. 6 (docs/method.md, "Reference numbers from the paper"; the authors' results/iclr/plot.py).
 PAPER = {
     'pmnist': dict(
-        source='Cooijmans et al. 2016, Fig. 6, pMNIST panels (paper spec B.5)',
+        source='Cooijmans et al. 2016, Fig. 6, pMNIST panels',
         metric='validation cross-entropy (nats), batch statistics',
         valid_ce={'0.1': {'10000': 0.34, '50000': 0.21}, '0.3': {'10000': 0.42, '50000': 0.23},
                   '0.5': {'10000': 0.55, '50000': 0.27}, '0.7': {'10000': 1.19, '50000': 0.31},
@@ -58,7 +60,7 @@ PAPER = {
         criterion='monotone ordering: larger gamma learns slower',
         note='gamma=1.0 stays near chance (about 2.2 nats) until about 25k steps'),
     'ptb_char': dict(
-        source='Cooijmans et al. 2016, Fig. 6, PTB panels (paper spec B.5)',
+        source='Cooijmans et al. 2016, Fig. 6, PTB panels',
         metric='validation cross-entropy (nats), batch statistics',
         valid_min_nats=[1.016, 1.018],
         criterion='curves nearly identical for every gamma (validation minimum about '
@@ -70,52 +72,39 @@ PAPER = {
 
 # --- reading a sweep -------------------------------------------------------------------------
 
-def _read_json(path: str) -> dict:
-  if not os.path.exists(path):
-    return {}
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+def baseline() -> str:
+  """The baseline's key: the registered label of the un-normalized LSTM ('LSTM')."""
+  return norms.NORMS[BASELINE_SCHEME].label
 
 
-def run_key(config: dict) -> str:
-  """'LSTM' for the baseline, else the initial gamma as text ('0.3')."""
-  norm = config.get('model', {}).get('norm', {})
-  if norm.get('name') == 'none':
-    return BASELINE
-  gamma = norm.get('gamma_init')
-  if gamma is None:
-    raise ValueError('config.json has no model.norm.gamma_init')
-  key = f'{gamma:g}'
-  return key if norm.get('name') in (None, 'batch') else f'{norm["name"]} {key}'
+def run_key(run: Run) -> str:
+  """The baseline's label ('LSTM'), else the initial gamma as text ('0.3'), prefixed by the
+  scheme's label for schemes other than BN-LSTM ('LN-LSTM 1')."""
+  if run.scheme == BASELINE_SCHEME:
+    return baseline()
+  if run.gamma is None:
+    raise ValueError(f'{run.path}/config.json has no model.norm.gamma_init')
+  key = f'{run.gamma:g}'
+  return key if run.scheme in (None, 'batch') else f'{run.model_label} {key}'
 
 
 def load_sweep(root: str) -> list[dict]:
-  """The runs under `root` (subdirectories with metrics.jsonl), sorted: LSTM, then by gamma."""
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f'{root} is not a directory')
-  runs = []
-  for name in sorted(os.listdir(root)):
-    path = os.path.join(root, name)
-    if not os.path.exists(os.path.join(path, 'metrics.jsonl')):
-      continue
-    config = _read_json(os.path.join(path, 'config.json'))
-    runs.append(dict(name=name, dir=path, config=config, key=run_key(config),
-                     records=read_metrics(os.path.join(path, 'metrics.jsonl')),
-                     finished=os.path.exists(os.path.join(path, 'results.json'))))
+  """The runs under `root` that have logged metrics, sorted: the baseline, then by gamma. Each
+  is {'key', 'run'} (a normrnn.rundir.Run)."""
+  runs = [dict(key=run_key(run), run=run) for run in find_runs(root) if run.records]
   if not runs:
     raise FileNotFoundError(f'no run directories (subdirectories with metrics.jsonl) in {root}; '
                             'pass the --workdir of scripts/sweep.py')
   seen = {}
-  for run in runs:  # two runs with one gamma (e.g. two seeds): keep both, named apart
-    seen[run['key']] = seen.get(run['key'], 0) + 1
-    if seen[run['key']] > 1:
-      run['key'] = f'{run["key"]} ({run["name"]})'
+  for entry in runs:  # two runs with one gamma (e.g. two seeds): keep both, named apart
+    seen[entry['key']] = seen.get(entry['key'], 0) + 1
+    if seen[entry['key']] > 1:
+      entry['key'] = f'{entry["key"]} ({entry["run"].name})'
   return sorted(runs, key=_order)
 
 
-def _order(run: dict):
-  norm = run['config'].get('model', {}).get('norm', {})
-  return (run['key'] != BASELINE, norm.get('gamma_init', 0.0), run['key'])
+def _order(entry: dict):
+  return (entry['run'].scheme != BASELINE_SCHEME, entry['run'].gamma or 0.0, entry['key'])
 
 
 def series(records, metric: str) -> tuple[list[int], list]:
@@ -145,23 +134,23 @@ def _values_upto(steps, values, last: int) -> list[tuple[int, float]]:
 
 def summarize(root: str, runs) -> dict:
   """The JSON entry of one sweep: curves, final/best numbers, ordering verdict, paper values."""
-  tasks = sorted({r['config'].get('task', '?') for r in runs})
+  base = baseline()
+  tasks = sorted({r['run'].task or '?' for r in runs})
   task = tasks[0] if len(tasks) == 1 else '+'.join(tasks)
-  entry = dict(task=task, root=root, runs={r['key']: r['dir'] for r in runs},
-               gammas=[r['config']['model']['norm']['gamma_init'] for r in runs
-                       if r['key'] != BASELINE],
-               baseline=BASELINE if any(r['key'] == BASELINE for r in runs) else None,
+  entry = dict(task=task, root=root, runs={r['key']: r['run'].path for r in runs},
+               gammas=[r['run'].gamma for r in runs if r['key'] != base],
+               baseline=base if any(r['key'] == base for r in runs) else None,
                validation_metric={}, step={}, final={})
   for run in runs:
-    val = validation_metric(run['records'])
+    val = validation_metric(run['run'].records)
     entry['validation_metric'][run['key']] = val
     for metric in (TRAIN, *VALIDATION):  # every loss the run logged; `val` is the one plotted
-      steps, values = series(run['records'], metric)
+      steps, values = series(run['run'].records, metric)
       if not steps:
         continue
       entry.setdefault(metric, {})[run['key']] = values
       entry['step'].setdefault(metric, {})[run['key']] = steps
-  gamma_runs = [r for r in runs if r['key'] != BASELINE]
+  gamma_runs = [r for r in runs if r['key'] != base]
   entry['compare_step'] = _common_step(entry, gamma_runs)
   for run in runs:
     entry['final'][run['key']] = _final(entry, run, entry['compare_step'])
@@ -184,7 +173,7 @@ def _common_step(entry: dict, gamma_runs) -> int | None:
 
 def _final(entry: dict, run: dict, compare_step: int | None) -> dict:
   """Per run: last train/loss, validation loss at compare_step, best and mean up to it."""
-  out = dict(finished=run['finished'])
+  out = dict(finished=run['run'].finished)
   steps = entry['step'].get(TRAIN, {}).get(run['key'], [])
   values = entry.get(TRAIN, {}).get(run['key'], [])
   points = [(s, v) for s, v in zip(steps, values) if v is not None]
@@ -286,14 +275,14 @@ def markdown(entry: dict) -> str:
 
 
 def _color(entry: dict, key: str):
-  if key == BASELINE:
+  if key == entry['baseline']:
     return 'black'
-  keys = [k for k in entry['final'] if k != BASELINE]
+  keys = [k for k in entry['final'] if k != entry['baseline']]
   return plt.cm.viridis(keys.index(key) / max(len(keys) - 1, 1) * 0.9)
 
 
-def _label(key: str) -> str:
-  return 'LSTM (baseline)' if key == BASELINE else f'gamma = {key}'
+def _label(entry: dict, key: str) -> str:
+  return f'{key} (baseline)' if key == entry['baseline'] else f'gamma = {key}'
 
 
 def plot(entries, path: str) -> None:
@@ -301,8 +290,8 @@ def plot(entries, path: str) -> None:
   fig, axes = plt.subplots(len(entries), 2, figsize=(11, 3.8 * len(entries)), squeeze=False)
   for (ax_train, ax_val), entry in zip(axes, entries):
     for key in entry['final']:
-      style = dict(color=_color(entry, key), ls='--' if key == BASELINE else '-',
-                   label=_label(key))
+      style = dict(color=_color(entry, key), ls='--' if key == entry['baseline'] else '-',
+                   label=_label(entry, key))
       for ax, metric in ((ax_train, TRAIN), (ax_val, entry['validation_metric'][key])):
         values = entry.get(metric, {}).get(key) if metric else None
         if values:

@@ -1,5 +1,5 @@
 """Gradient flow through a batch-normalized tanh RNN vs initial gamma (Cooijmans et al. 2016,
-Fig. 4a; paper spec B.5).
+Fig. 4a; the paper's values are in docs/method.md, "Reference numbers from the paper").
 
 Model: h_t = tanh(BN(W_h h_{t-1} + W_x x_t + b; gamma, beta)), one BN on the summed
 pre-activation with per-step batch statistics, 100 units, W_h = I, W_x a unit-norm random row,
@@ -13,7 +13,8 @@ h_t); the curve is log10 of the mean over examples of the per-example L2 norm ||
   python experiments/gradient_flow.py --workdir experiments/results/gradient_flow
   python experiments/gradient_flow.py --workdir /tmp/gf --length 100 --batch 16 --gammas 0.1,1.0
 
-Writes gradient_flow.json and gradient_flow.png in --workdir.
+Writes gradient_flow.json and gradient_flow.png in --workdir. --data-dir defaults to
+../shared/data/mnist next to the repository (the data directory of the MNIST configs).
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import json
 import math
 import os
 import shlex
-import sys
 import time
 
 import matplotlib
@@ -33,8 +33,6 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
@@ -42,13 +40,15 @@ from tqdm import tqdm  # noqa: E402
 
 from normrnn import models  # noqa: E402
 from normrnn.data import mnist  # noqa: E402
-from normrnn.norms import NormOptions  # noqa: E402
+from normrnn.norms import NORMS  # noqa: E402
 
-DEFAULT_DATA = os.path.join('..', 'shared', 'data', 'mnist')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.normpath(os.path.join(REPO, '..', 'shared', 'data', 'mnist'))
 GAMMAS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 N_PIXELS = 784
 PAPER_FLOOR = -26.0  # the paper's y axis ends at 1e-26
-# Spec B.5, Fig. 4a: extracted log10 ||dL/dh_t|| (None = below the axis, < 1e-26).
+# Fig. 4a: log10 ||dL/dh_t|| read off the figure (None = below the axis, < 1e-26); docs/method.md,
+# "Reference numbers from the paper".
 PAPER = {
     't': [783, 600, 400, 200, 100],
     'log10_grad_norm': {
@@ -60,7 +60,7 @@ PAPER = {
         '1.0': [-2.0, None, None, None, None],
     },
     'below_1e-26_for_t_before': {'0.7': 414, '0.8': 554, '0.9': 580, '1.0': 656},
-    'notes': ('Values read off the paper figure (spec B.5). null = below 1e-26, off the '
+    'notes': ('Values read off the paper figure (Fig. 4a). null = below 1e-26, off the '
               "paper's axis. below_1e-26_for_t_before: reading right to left, the curve drops "
               'below 1e-26 at about this t.'),
 }
@@ -90,7 +90,7 @@ def build_model(gamma: float, hidden: int, max_time_steps: int,
   """The Fig. 4a model: a batch-normalized tanh RNN + a softmax head."""
   spec = models.RNNSpec(
       cell='tanh_rnn', hidden=hidden, layers=1, norm='batch',
-      options=NormOptions(gamma_init=gamma, eps=1e-5, streaming_mix=0.5),
+      options=NORMS['batch'].make_options(gamma_init=gamma),
       recurrent_init='identity', forget_bias=0.0, h0_noise=h0_noise,
       max_time_steps=max_time_steps, stats_rate=0.01, unroll=1, remat=False)
   return models.SequenceClassifier(spec, num_classes=10)
@@ -133,7 +133,9 @@ def probe_gradients(model, variables, x, y, noise_rng):
   with respect to the model's `probe` (zeros added to h_t).
   """
   spec = model.spec
-  shared = dataclasses.replace(spec, options=dataclasses.replace(spec.options, gamma_init=1.0))
+  options = NORMS[spec.norm].make_options(gamma_init=1.0, eps=spec.options.eps,
+                                          **dict(spec.options.extra))
+  shared = dataclasses.replace(spec, options=options)
   probe = jnp.zeros(x.shape[:2] + (spec.hidden,), x.dtype)
   return _grad_fn(shared)(probe, variables, x, y, noise_rng)
 
@@ -243,9 +245,10 @@ def run(workdir: str, data_dir: str = DEFAULT_DATA, batch: int = 100, length: in
           'the backward pass, inf - inf). Overflow happens in the first steps when every example '
           'has seen the same (zero) pixels (before data.first_step_with_batch_variance, h0 noise '
           'off): the pre-activation then has zero batch variance and each step back multiplies '
-          'the gradient by gamma / sqrt(eps) = gamma * 316 (pitfall D.16); --float64 shows the '
-          'finite values. below_1e-26_for_t_before: reading right to left, the first t below '
-          '1e-26 (or underflowed to 0), null if none (compare paper.below_1e-26_for_t_before).'),
+          'the gradient by gamma / sqrt(eps) = gamma * 316 (docs/method.md, P16); --float64 '
+          'shows the finite values. below_1e-26_for_t_before: reading right to left, the first t '
+          'below 1e-26 (or underflowed to 0), null if none (compare '
+          'paper.below_1e-26_for_t_before).'),
       'command': shlex.join(
           ['python', 'experiments/gradient_flow.py', '--workdir', str(workdir), '--data-dir',
            str(data_dir), '--batch', str(batch), '--length', str(length), '--gammas',
@@ -267,8 +270,8 @@ def run(workdir: str, data_dir: str = DEFAULT_DATA, batch: int = 100, length: in
 
 
 def plot(result: dict, path: str) -> None:
-  """One curve per gamma on the paper's log axis (1e-26 .. 1e2), the spec's table values as
-  crosses; non-finite points are left out."""
+  """One curve per gamma on the paper's log axis (1e-26 .. 1e2), the paper's values as crosses;
+  non-finite points are left out."""
   fig, ax = plt.subplots(figsize=(7.5, 4.8))
   cmap = plt.get_cmap('viridis')
   keys = list(result['log10_grad_norm'])

@@ -1,33 +1,34 @@
 """Bits per character vs evaluation segment length for trained character LMs (Cooijmans et al.
-2016, Fig. 2b; paper spec B.2): does BN-LSTM generalize beyond its training length T_max?
+2016, Fig. 2b): does BN-LSTM generalize beyond its training length T_max?
 
   python experiments/length_generalization.py --runs LSTM=runs/ptb_lstm BN-LSTM=runs/ptb_bn \
       --out experiments/results/length_generalization [--lengths 100,200,...,1000]
 
-For every run workdir (written by `normrnn.train` for ptb_char / ptb_char_valid / text8): the
-config from config.json, the task from `make_task(config.data, config.seed)` (`--data-dir`
-replaces config.data.dir), the BEST parameters from <workdir>/best (the model selected on
-validation, as the paper; falls back to the latest checkpoint with a warning), then test-split
-BPC on non-overlapping segments of each length (`task.eval_batches('test', length=L)`, batch
-`--batch-size`, default config.data.eval_batch_size; the paper: 100) with
-  * population statistics (train=False), re-estimated first as the plain average of per-batch
-    statistics over `task.reestimate_batches(config.eval.reestimate_batch_size,
-    config.eval.reestimate_batches)` (as normrnn.trainer does before its test numbers); steps
-    beyond T_max use the last trained step's statistics;
-  * for schemes with batch statistics, also batch statistics (train=True, the statistics of the
-    current batch at every step, also beyond T_max; the updated tables are discarded).
+Every run workdir (written by `normrnn.train` for ptb_char / ptb_char_valid / text8) is
+restored with `normrnn.rundir.restore(workdir, which='best')`: its Experiment (config, task,
+model; `--data-dir` replaces config.data.dir) and the BEST parameters (the model selected on
+validation, as the paper; the latest checkpoint, with a warning, if there is no best/). Then the
+test-split BPC on non-overlapping segments of each length (`task.eval_batches('test',
+length=L)`, batch `--batch-size`, default config.data.eval_batch_size; the paper: 100) with
+  * population statistics (train=False), re-estimated first with `Experiment.reestimate` (the
+    plain average of per-batch statistics over config.eval.reestimate_batches training batches,
+    which is how the trainer's test numbers are made by default); steps beyond T_max use the last
+    trained step's statistics;
+  * for schemes with batch statistics (`Scheme.batch_statistics`), also batch statistics
+    (train=True, the statistics of the current batch at every step, also beyond T_max; the
+    updated tables are discarded).
 Curve labels: LABEL for schemes without batch statistics, else 'LABEL, population stats' and
 'LABEL, batch stats'. Writes length_generalization.json ({"lengths", "bpc": {label: [...]},
-"paper": spec B.2 table, ...}) and length_generalization.png into --out.
+"paper": the Fig. 2b values, ...}) and length_generalization.png into --out. The paper's values
+are those of docs/method.md, "Reference numbers from the paper".
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import logging
 import os
 import shlex
-import sys
 import time
 
 import matplotlib
@@ -35,20 +36,18 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from normrnn import config_check, losses, models, optim, popstats, trainer  # noqa: E402
-from normrnn.checkpoint import Checkpointer  # noqa: E402
-from normrnn.data import make_task  # noqa: E402
+from normrnn import models  # noqa: E402
 from normrnn.norms import get_scheme  # noqa: E402
+from normrnn.rundir import restore  # noqa: E402
 
 LENGTHS = tuple(range(100, 1001, 100))
-# Spec B.2, Fig. 2b: mean test BPC vs evaluation length (PTB, batch 100, paper-size models).
+# Fig. 2b: mean test BPC vs evaluation length (PTB, batch 100, paper-size models); docs/method.md,
+# "Reference numbers from the paper".
 PAPER = {
     'lengths': list(LENGTHS),
     'bpc': {
@@ -59,66 +58,6 @@ PAPER = {
                                  1.362],
     },
 }
-
-
-def load_run(workdir: str, data_dir: str | None = None):
-  """Rebuilds one run of a workdir and restores its best parameters.
-
-  Args:
-    workdir: a `normrnn.train` workdir (config.json, best/, checkpoints/).
-    data_dir: replaces config.data.dir if given.
-
-  Returns:
-    (config, task, model, TrainState restored from best/, the restored step).
-  """
-  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    config = ml_collections.ConfigDict(config_check.upgrade_saved_config(json.load(f)))
-  if data_dir is not None:
-    config.data.dir = data_dir
-  task = make_task(config.data, config.seed)
-  if task.kind != 'lm':
-    raise ValueError(f'{workdir} is a {task.kind} run ({config.data.name}); length '
-                     'generalization needs a character language model')
-  model = models.build_model(config.model, kind=task.kind, num_classes=task.num_classes)
-  tx = optim.make_optimizer(config.optimizer)
-  example = task.train_batch(0)
-
-  def initial_state():  # as normrnn.trainer builds it; only its shapes are needed
-    init_key, noise_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    variables = model.init({'params': init_key, 'noise': noise_key}, example['inputs'],
-                           example['mask'], train=True)
-    return trainer.TrainState(step=jnp.array(0, jnp.int32), params=variables['params'],
-                              batch_stats=variables.get('batch_stats', {}),
-                              opt_state=tx.init(variables['params']),
-                              rng=jax.random.key_data(train_key))
-
-  state = jax.eval_shape(initial_state)
-  ckpt = Checkpointer(os.path.join(workdir, 'best'), max_to_keep=1)
-  step = ckpt.latest_step()
-  if step is None:
-    ckpt.close()
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=100)
-    step = ckpt.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{workdir} has no checkpoint in best/ or checkpoints/')
-    logging.warning('%s has no best/ checkpoint; using the latest checkpoint (step %d)',
-                    workdir, step)
-  state = ckpt.restore(step, state)
-  ckpt.close()
-  return config, task, model, state, step
-
-
-def reestimated_stats(config, task, model, state, rng):
-  """Population statistics re-estimated over training batches (as normrnn.trainer)."""
-  if not jax.tree.leaves(state.batch_stats):
-    return state.batch_stats
-  moments_fn = jax.jit(lambda v, b: model.apply(v, b['inputs'], b['mask'], train=True,
-                                                mutable=['moments'],
-                                                rngs={'noise': rng})[1]['moments'])
-  n = config.eval.reestimate_batches
-  batches = task.reestimate_batches(config.eval.reestimate_batch_size, None if n == -1 else n)
-  return popstats.reestimate(moments_fn, {'params': state.params,
-                                          'batch_stats': state.batch_stats}, batches)
 
 
 def long_tables(batch_stats, length: int):
@@ -140,37 +79,30 @@ def batch_stat_model(config, vocab_size: int, length: int):
   return models.build_model(model_cfg, kind='lm', num_classes=vocab_size)
 
 
-def bpc(eval_step, params, batch_stats, batches, mode: str, rng) -> float:
-  """Bits per character over all valid positions of `batches`."""
-  sums = None
-  for batch in batches:
-    out = eval_step(params, batch_stats, batch, rng, mode=mode)
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  return losses.summarize(jax.device_get(sums), 'lm')['bpc']
-
-
 def evaluate_run(label: str, workdir: str, lengths, *, data_dir=None, batch_size=None,
                  progress: bool = True) -> dict:
   """{curve label: [bpc per length]} and provenance for one run workdir."""
-  config, task, model, state, step = load_run(workdir, data_dir)
-  rng = jax.random.PRNGKey(config.seed)
-  scheme = get_scheme(config.model.norm.name)
-  stats = reestimated_stats(config, task, model, state, rng)
-  runs = [('population', model, stats)]
-  if scheme.uses_batch_statistics:
+  exp, state, step = restore(workdir, which='best', data_dir=data_dir)
+  config, task = exp.config, exp.task
+  if task.kind != 'lm':
+    raise ValueError(f'{workdir} is a {task.kind} run ({config.data.name}); length '
+                     'generalization needs a character language model')
+  stats = exp.reestimate(state.params, state.batch_stats)
+  runs = [('population', exp, stats)]
+  if get_scheme(config.model.norm.name).batch_statistics:
     steps = max(lengths) - 1
-    runs.append(('batch', batch_stat_model(config, task.vocab_size, steps),
-                 long_tables(state.batch_stats, steps)))
+    long_exp = dataclasses.replace(exp, model=batch_stat_model(config, task.vocab_size, steps))
+    runs.append(('batch', long_exp, long_tables(state.batch_stats, steps)))
   names = ({'population': label} if len(runs) == 1 else
            {'population': f'{label}, population stats', 'batch': f'{label}, batch stats'})
   curves = {}
   bar = tqdm(total=len(runs) * len(lengths), desc=label, disable=not progress)
-  for mode, m, batch_stats in runs:
-    eval_step = jax.jit(trainer.make_eval_step(m, 'lm'), static_argnames='mode')
+  for mode, e, batch_stats in runs:
     values = []
     for length in lengths:
       batches = task.eval_batches('test', batch_size=batch_size, length=length)
-      values.append(round(bpc(eval_step, state.params, batch_stats, batches, mode, rng), 5))
+      metrics = e.evaluate(state.params, batch_stats, 'test', mode=mode, batches=batches)
+      values.append(round(float(metrics['bpc']), 5))
       bar.update(1)
       bar.set_postfix_str(f'{mode} L={length}: {values[-1]:.4f}')
     curves[names[mode]] = values
@@ -201,8 +133,9 @@ def run(runs, out: str, lengths=LENGTHS, *, data_dir=None, batch_size=None,
       'Test-split bits per character on non-overlapping segments of each length (a segment of '
       'L symbols = L - 1 predictions from h_0, c_0). Population statistics are re-estimated '
       'over training batches first; beyond T_max the last trained step\'s statistics are used. '
-      'Batch statistics: the current batch\'s per-step statistics at every step. paper = spec '
-      'B.2 Fig. 2b (paper-size PTB models, batch 100).')
+      'Batch statistics: the current batch\'s per-step statistics at every step. paper = Fig. '
+      '2b of the paper (paper-size PTB models, batch 100; docs/method.md, "Reference numbers '
+      'from the paper").')
   result['command'] = shlex.join(
       ['python', 'experiments/length_generalization.py', '--runs',
        *[f'{label}={workdir}' for label, workdir in runs], '--out', str(out), '--lengths',
@@ -217,11 +150,11 @@ def run(runs, out: str, lengths=LENGTHS, *, data_dir=None, batch_size=None,
 
 
 def plot(result: dict, path: str) -> None:
-  """Left: these runs; right: the paper's curves (spec B.2)."""
+  """Left: these runs; right: the paper's curves (Fig. 2b)."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, lengths, curves, title in (
       (axes[0], result['lengths'], result['bpc'], 'these runs'),
-      (axes[1], result['paper']['lengths'], result['paper']['bpc'], 'paper (spec B.2)')):
+      (axes[1], result['paper']['lengths'], result['paper']['bpc'], 'paper (Fig. 2b)')):
     for label, values in curves.items():
       ax.plot(lengths, values, marker='o', ms=3, label=label)
     ax.set_xlabel('evaluation segment length')

@@ -1,88 +1,77 @@
 """One paper table per command: the paper's number beside ours, one row per scheme.
 
-Cooijmans et al. 2016, Tables 1-3 (paper spec B.1-B.3): collects, and with --launch trains, one
-run per normalization scheme.
+Cooijmans et al. 2016, Tables 1-3 (numbers: docs/method.md, "Reference numbers from the paper"):
+collects, and with --launch trains, one run per normalization scheme.
 
   python experiments/reproduce.py TABLE --root runs/reproduce [--size paper|cpu|smoke] \
       [--launch] [--parallel N] [--schemes none,batch,...] [--seed 0] [--out FILE.md] \
       [--config.a.b=v ...]
 
 TABLE is `smnist` (Table 1, MNIST column), `pmnist` (Table 1, pMNIST column), `ptb` (Table 2) or
-`text8` (Table 3). Run it from the repository root (the configs' data paths are relative to it).
-There is one row per scheme of `normrnn.norms.NORMS` (default: all of them), trained by
+`text8` (Table 3). There is one row per registered scheme of `normrnn.norms.NORMS` (default: all
+of them, including schemes added with `normrnn.norms.register`), labelled with the scheme's
+label and paper, each trained by
 
   python -m normrnn.train --config=configs/<file>.py:norm=<scheme>,size=<size>,seed=<seed> \
       --workdir=<root>/<table>_<size>/<scheme>_seed<seed> [--config.a.b=v ...]
 
-(`ptb` uses configs/ptb_char.py). A row whose workdir holds results.json is collected. Otherwise:
-without --launch the row reads `missing` or `running/incomplete (step S of N)` and the commands
-that would (re)start it are printed; with --launch the unfinished rows are trained, N at a time
-(`scripts/sweep.py`'s runner: output in <workdir>/train.log, SIGINT/SIGTERM stop the runs, which
-checkpoint, and rerunning resumes them). A finished run whose config.json differs from the
+(`ptb` uses configs/ptb_char.py). A row whose workdir holds results.json is collected. Otherwise
+the row reads `missing`, `incomplete (step S of N)`, `running (pid P, ...)` or `failed (...)`
+(`normrnn.launch.status`): without --launch the commands that would (re)start the missing,
+incomplete and failed rows are printed; with --launch those rows are trained, N at a time
+(`normrnn.launch.LocalLauncher`: output in <workdir>/train.log, SIGINT/SIGTERM stop the runs,
+which checkpoint, and rerunning resumes them). A run whose config.json differs from the
 requested task, scheme, size, seed or --config overrides reads `config differs` and is neither
 used nor relaunched: use another --root for other settings.
 
 Writes the markdown table to stdout and to --out (default <root>/<table>_<size>/TABLE.md) and
 the same rows as JSON next to it (TABLE.json). Columns: model | paper | ours | metric | data |
 hardware | steps | wall time | command. Paper numbers exist for the LSTM and BN-LSTM rows only.
+
+In-process use (e.g. a notebook, or a test that registers its own scheme):
+  rows = make_rows('smnist', 'runs/reproduce', 'smoke')    # every scheme registered now
+  trainer.train_and_evaluate(rows[0]['job'].config(), rows[0]['workdir'])
+  print(markdown('smnist', 'smoke', [collect(r, 'smnist', 'smoke', 0, []) for r in rows]))
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import importlib.util
 import json
 import os
 import shlex
-import signal
 import sys
 import time
 
-from tqdm import tqdm
+from normrnn import launch
+from normrnn import norms
+from normrnn.jsonio import finite_or_none
+from normrnn.rundir import read_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from normrnn.norms import NORMS  # noqa: E402
-from normrnn.jsonio import finite_or_none  # noqa: E402
-from normrnn.writers import read_metrics  # noqa: E402
-
 SIZES = ('paper', 'cpu', 'smoke')
-PID_FILE = 'reproduce.pid'  # in a workdir while this script's launch of it runs
 
-MODEL_NAMES = {
-    'none': 'LSTM',
-    'batch': 'BN-LSTM',
-    'batch_input': 'BN on input term only (Laurent et al. 2016)',
-    'sequence': 'sequence-wise BN (Amodei et al. 2015)',
-    'layer': 'LN-LSTM (Ba et al. 2016)',
-    'weight': 'WN-LSTM (Salimans & Kingma 2016)',
-    'cosine': 'cosine-norm LSTM (Luo et al. 2017)',
-    'streaming': 'streaming-norm LSTM (Liao et al. 2016)',
-}
-
-# The paper's numbers, copied from /work/shared/docs/paper_spec.md section B. `rows` are the
+# The paper's numbers (docs/method.md, "Reference numbers from the paper"). `rows` are the
 # paper's own LSTM (`none`) and BN-LSTM (`batch`); `context` are the other rows of the table.
 PAPER = {
     'smnist': dict(
-        source='Cooijmans et al. 2016, Table 1, MNIST column (paper spec B.1)',
+        source='Cooijmans et al. 2016, Table 1, MNIST column',
         rows={'none': 98.9, 'batch': 99.0},
         context=[('TANH-RNN (Le et al. 2015)', 35.0), ('iRNN (Le et al. 2015)', 97.0),
                  ('uRNN (Arjovsky et al. 2015)', 95.1), ('sTANH-RNN (Zhang et al. 2016)', 98.1)]),
     'pmnist': dict(
-        source='Cooijmans et al. 2016, Table 1, pMNIST column (paper spec B.1)',
+        source='Cooijmans et al. 2016, Table 1, pMNIST column',
         rows={'none': 90.2, 'batch': 95.4},
         context=[('TANH-RNN (Le et al. 2015)', 35.0), ('iRNN (Le et al. 2015)', 82.0),
                  ('uRNN (Arjovsky et al. 2015)', 91.4), ('sTANH-RNN (Zhang et al. 2016)', 94.0)]),
     'ptb': dict(
-        source='Cooijmans et al. 2016, Table 2, PTB test bpc (paper spec B.2)',
+        source='Cooijmans et al. 2016, Table 2, PTB test bpc',
         rows={'none': 1.38, 'batch': 1.32},
         context=[('LSTM (Graves 2013), different split', 1.26), ('HF-MRNN (Mikolov 2012)', 1.41),
                  ('Norm-stabilized LSTM (Krueger & Memisevic 2016)', 1.39),
                  ('ME n-gram (Mikolov 2012)', 1.37), ('Zoneout (Krueger 2016)', 1.27),
                  ('HM-LSTM (Chung 2016)', 1.24), ('HyperNetworks (Ha 2016)', 1.22)]),
     'text8': dict(
-        source='Cooijmans et al. 2016, Table 3, text8 test bpc (paper spec B.3)',
+        source='Cooijmans et al. 2016, Table 3, text8 test bpc',
         rows={'none': 1.43, 'batch': 1.36},
         context=[('td-LSTM (Zhang 2016)', 1.63), ('HF-MRNN (Mikolov 2012)', 1.54),
                  ('skipping RNN (Pachitariu 2013)', 1.48), ('HM-LSTM (Chung 2016)', 1.29)]),
@@ -100,20 +89,23 @@ TABLES = {
         metric='test accuracy (%), re-estimated population statistics',
         small_data='mnist10k (the official MNIST test set split 8000/1000/1000)',
         note=("Pixel order: the configs' default is a true permutation; the paper's 95.4 / 90.2 "
-              "came from the authors' with-replacement index (501 distinct pixels, spec B.1). "
-              'Add --config.data.pixel_order=with_replacement (and another --root) to run '
-              'that; the data column names the order each run used.')),
+              "came from the authors' with-replacement index (501 distinct pixels; "
+              'docs/method.md, "Tasks and data"). Add --config.data.pixel_order=with_replacement '
+              '(and another --root) to run that; the data column names the order each run '
+              'used.')),
     'ptb': dict(
         config='configs/ptb_char.py', task='ptb_char', keys=('test_stream/bpc', 'test/bpc'),
         percent=False,
         metric=('test bpc of the whole test split as one batch-1 sequence with re-estimated '
-                'population statistics (test_stream/bpc, the paper\'s evaluation, spec B.2)'),
+                'population statistics (test_stream/bpc, the paper\'s evaluation; docs/method.md, '
+                '"Evaluation protocol")'),
         small_data='ptb_char_valid (the PTB validation file split 90/5/5)',
         fallback_note='length-{T} segments, not the whole stream: not comparable to the paper'),
     'text8': dict(
         config='configs/text8.py', task='text8', keys=('test/bpc',), percent=False,
         metric=('test bpc on length-180 segments with re-estimated population statistics '
-                '(test/bpc); the paper does not record which evaluation gave Table 3, spec B.3'),
+                '(test/bpc); the paper does not record which evaluation gave Table 3 '
+                '(docs/method.md, "Where the paper and the authors\' code disagree")'),
         small_data=("ptb_char_valid (the PTB validation file split 90/5/5): text8 is not "
                     "available offline, so these sizes check the plumbing only")),
 }
@@ -121,19 +113,7 @@ COLUMNS = ('model', 'paper', 'ours', 'metric', 'data', 'hardware', 'steps', 'wal
            'command')
 
 
-def load_sweep():
-  """scripts/sweep.py as a module (scripts/ is not a package): its runner and signal handling."""
-  path = os.path.join(ROOT, 'scripts', 'sweep.py')
-  spec = importlib.util.spec_from_file_location('_reproduce_sweep', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-sweep = load_sweep()
-
-
-# --- rows and commands --------------------------------------------------------------------------
+# --- rows and their runs -------------------------------------------------------------------------
 
 def table_dir(root: str, table: str, size: str) -> str:
   return os.path.join(root, f'{table}_{size}')
@@ -148,67 +128,34 @@ def config_arg(scheme: str, size: str, seed: int) -> str:
   return f'norm={scheme},size={size},seed={seed}'
 
 
-def train_command(table: str, scheme: str, size: str, seed: int, workdir: str, extra,
-                  *, python: str = 'python', config_path: str | None = None) -> list[str]:
-  """The normrnn.train command line of one row; `config_path` defaults to the repo-relative
-  path (the printed form), launching passes the absolute path."""
-  config = config_path or TABLES[table]['config']
-  return [python, '-m', 'normrnn.train',
-          f'--config={config}:{config_arg(scheme, size, seed)}', f'--workdir={workdir}',
-          *extra]
+def row_job(table: str, root: str, size: str, scheme: str, seed: int, extra=()) -> launch.Job:
+  """The training run of one row (`job.config()` is the config it trains)."""
+  return launch.Job(
+      name=scheme, workdir=os.path.abspath(run_dir(root, table, size, scheme, seed)),
+      config_spec=f'{os.path.join(ROOT, TABLES[table]["config"])}:{config_arg(scheme, size, seed)}',
+      extra_flags=tuple(extra))
 
 
-def make_rows(table: str, root: str, size: str, schemes, seed: int, extra) -> list[dict]:
+def model_name(scheme: str) -> str:
+  """'BN-LSTM (Cooijmans et al. 2016, eqs. 6-8)': the registered scheme's label and paper."""
+  declared = norms.get_scheme(scheme)
+  return f'{declared.label} ({declared.paper})'
+
+
+def make_rows(table: str, root: str, size: str, schemes=None, seed: int = 0,
+              extra=()) -> list[dict]:
+  """One row per scheme (None: every scheme registered when this is called), not collected."""
   rows = []
-  for scheme in schemes:
-    workdir = run_dir(root, table, size, scheme, seed)
+  for scheme in list(norms.NORMS) if schemes is None else schemes:
+    job = row_job(table, root, size, scheme, seed, extra)
     rows.append(dict(
-        scheme=scheme, model=MODEL_NAMES[scheme], paper=PAPER[table]['rows'].get(scheme),
-        workdir=workdir,
-        command=shlex.join(train_command(table, scheme, size, seed, workdir, extra)),
-        argv=train_command(table, scheme, size, seed, os.path.abspath(workdir), extra,
-                           python=sys.executable,
-                           config_path=os.path.join(ROOT, TABLES[table]['config']))))
+        scheme=scheme, model=model_name(scheme), paper=PAPER[table]['rows'].get(scheme),
+        workdir=job.workdir, job=job,
+        command=shlex.join(job.command(python='python', relative_to=ROOT))))
   return rows
 
 
-# --- reading a run directory ----------------------------------------------------------------
-
-def _read_json(path: str):
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
-
-
-def last_step(workdir: str) -> int | None:
-  """The last step logged in metrics.jsonl, or None."""
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return None
-  records = read_metrics(path)
-  return records[-1]['step'] if records else None
-
-
-def launcher_pid(workdir: str) -> int | None:
-  """The pid of a live reproduce.py that is training this workdir, or None."""
-  path = os.path.join(workdir, PID_FILE)
-  try:
-    with open(path, encoding='utf-8') as f:
-      pid = int(f.read().strip())
-    os.kill(pid, 0)
-  except (OSError, ValueError):
-    return None
-  return pid
-
-
-def _lookup(config: dict, dotted: str):
-  value = config
-  for part in dotted.split('.'):
-    if not isinstance(value, dict) or part not in value:
-      raise KeyError(dotted)
-    value = value[part]
-  return value
+_ABSENT = object()
 
 
 def _same(value, text: str) -> bool:
@@ -221,35 +168,29 @@ def _same(value, text: str) -> bool:
     except ValueError:
       return False
   if isinstance(value, list):
-    return sweep.format_value(value) == text.replace(' ', '')
+    return launch.format_value(value) == text.replace(' ', '')
   return str(value) == text
 
 
-def config_differences(config: dict, table: str, scheme: str, size: str, seed: int,
-                       extra) -> list[str]:
+def config_differences(run, table: str, scheme: str, size: str, seed: int, extra) -> list[str]:
   """Fields of a run's config.json that differ from what this row asks for."""
   expected = {'task': TABLES[table]['task'], 'model.norm.name': scheme, 'seed': seed}
   out = []
   for key, want in expected.items():
-    try:
-      got = _lookup(config, key)
-    except KeyError:
-      got = None
+    got = run.lookup(key)
     if got != want:
       out.append(f'{key}: run {got!r}, asked {want!r}')
-  tags = config.get('wandb', {}).get('tags') or []
+  tags = run.lookup('wandb.tags') or []
   if size not in tags:
     out.append(f'size: run tags {tags}, asked {size!r}')
   for item in extra:
     key, sep, text = item[len('--config.'):].partition('=')
     if not sep:
       continue
-    try:
-      got = _lookup(config, key)
-    except KeyError:
+    got = run.lookup(key, _ABSENT)
+    if got is _ABSENT:
       out.append(f'{key}: not in the run\'s config, asked {text!r}')
-      continue
-    if not _same(got, text):
+    elif not _same(got, text):
       out.append(f'{key}: run {got!r}, asked {text!r}')
   return out
 
@@ -320,38 +261,33 @@ def headline(table: str, results: dict, config: dict) -> tuple[str | None, float
   return None, None, f'none of {", ".join(spec["keys"])} in results.json'
 
 
-# --- collecting ------------------------------------------------------------------------------
+# --- collecting and launching ------------------------------------------------------------------
 
-def collect(row: dict, table: str, size: str, seed: int, extra) -> dict:
+def collect(row: dict, table: str, size: str, seed: int, extra=()) -> dict:
   """Fills the row's status, ours, data, hardware, steps and wall time from its workdir."""
-  workdir = row['workdir']
   row.update(status='missing', ours=None, metric_key=None,
              metric=metric_label(table, TABLES[table]['keys'][0]), run_command=None,
              data=None, hardware=None, final_step=None, best_step=None, wall_time_s=None,
              results_metrics=None, last_step=None, num_steps=None, differences=[])
-  if not os.path.isdir(workdir):
+  state = launch.status(row['workdir'])
+  try:
+    run = read_run(row['workdir'])
+  except FileNotFoundError:  # missing, or failed before it wrote anything
+    row['status'] = state
     return row
-  config = _read_json(os.path.join(workdir, 'config.json')) or {}
-  results = _read_json(os.path.join(workdir, 'results.json'))
-  row['last_step'] = last_step(workdir)
-  row['num_steps'] = config.get('train', {}).get('num_steps')
-  if config:
-    row['differences'] = config_differences(config, table, row['scheme'], size, seed, extra)
-  if results is None:
-    pid = launcher_pid(workdir)
-    where = (f'step {row["last_step"]} of {row["num_steps"]}' if row['last_step'] is not None
-             else 'nothing logged yet')
-    row['status'] = (f'running (reproduce.py pid {pid}, {where})' if pid
-                     else f'running/incomplete ({where})')
-    if row['differences']:
-      row['status'] = 'config differs: ' + '; '.join(row['differences'])
-    return row
-  key, value, metric_text = headline(table, results, config)
-  row.update(status='finished', ours=value, metric_key=key, metric=metric_text,
-             data=results.get('data'), hardware=results.get('hardware'),
-             final_step=results.get('final_step'), best_step=results.get('best_step'),
-             wall_time_s=results.get('wall_time_s'), results_metrics=results.get('metrics'),
-             run_command=results.get('command'))
+  row.update(last_step=run.last_step, num_steps=run.num_steps)
+  if run.config:
+    row['differences'] = config_differences(run, table, row['scheme'], size, seed, extra)
+  if state != 'finished' or run.results is None:
+    row['status'] = state
+  else:
+    key, value, metric_text = headline(table, run.results, run.config)
+    results = run.results
+    row.update(status='finished', ours=value, metric_key=key, metric=metric_text,
+               data=results.get('data'), hardware=results.get('hardware'),
+               final_step=results.get('final_step'), best_step=results.get('best_step'),
+               wall_time_s=results.get('wall_time_s'), results_metrics=results.get('metrics'),
+               run_command=results.get('command'))
   if row['differences']:
     row['status'] = 'config differs: ' + '; '.join(row['differences'])
     row['ours'] = None
@@ -359,52 +295,15 @@ def collect(row: dict, table: str, size: str, seed: int, extra) -> dict:
 
 
 def needs_launch(row: dict) -> bool:
-  return (row['status'] == 'missing' or row['status'].startswith('running/incomplete')
-          or row['status'].startswith('failed'))
+  """Missing, incomplete or failed; not finished, running elsewhere, or of other settings."""
+  return launch.needs_run(row['status'])
 
 
-# --- launching -------------------------------------------------------------------------------
-
-def _run_row(row: dict) -> tuple[int, float]:
-  """Trains one row with sweep.run_point, a pid file marking it as running meanwhile."""
-  os.makedirs(row['workdir'], exist_ok=True)
-  pid_path = os.path.join(row['workdir'], PID_FILE)
-  with open(pid_path, 'w', encoding='utf-8') as f:
-    f.write(f'{os.getpid()}\n')
-  try:
-    return sweep.run_point(row['argv'], row['workdir'])
-  finally:
-    if os.path.exists(pid_path):
-      os.remove(pid_path)
-
-
-def launch(rows, parallel: int) -> dict | None:
-  """Runs the rows, `parallel` at a time; {scheme: (exit code, seconds)}, or None if stopped
+def train_rows(rows, parallel: int, progress: bool = True) -> dict | None:
+  """Trains the rows, `parallel` at a time; {scheme: (exit code, seconds)}, or None if stopped
   by SIGINT/SIGTERM (the running trainings are sent SIGTERM and checkpoint)."""
-  outcome = {}
-  bar = tqdm(total=len(rows), desc='reproduce', unit='run', dynamic_ncols=True)
-  previous = signal.signal(signal.SIGTERM, sweep._interrupt)  # pylint: disable=protected-access
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=parallel)
-  try:
-    futures = {pool.submit(_run_row, row): row for row in rows}
-    for future in concurrent.futures.as_completed(futures):
-      row = futures[future]
-      outcome[row['scheme']] = future.result()
-      code, seconds = outcome[row['scheme']]
-      bar.set_postfix_str(f'{row["scheme"]}: ' + (f'ok ({seconds:.0f} s)' if code == 0
-                                                  else f'FAILED (exit {code})'))
-      bar.update(1)
-  except KeyboardInterrupt:
-    pool.shutdown(wait=False, cancel_futures=True)
-    sweep._stop_running()  # pylint: disable=protected-access
-    pool.shutdown(wait=True)
-    bar.close()
-    return None
-  finally:
-    signal.signal(signal.SIGTERM, previous)
-  pool.shutdown(wait=True)
-  bar.close()
-  return outcome
+  return launch.LocalLauncher(parallel=parallel).run([row['job'] for row in rows],
+                                                     progress=progress, desc='reproduce')
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -494,8 +393,9 @@ def parse_args(argv=None):
   parser.add_argument('--size', default='paper', choices=SIZES)
   parser.add_argument('--launch', action='store_true', help='train the unfinished rows')
   parser.add_argument('--parallel', type=int, default=1, help='runs at a time with --launch')
-  parser.add_argument('--schemes', default=','.join(NORMS),
-                      help=f'comma-separated subset of {",".join(NORMS)} (default: all)')
+  registered = list(norms.NORMS)  # now, so that schemes registered after import are rows too
+  parser.add_argument('--schemes', default=','.join(registered),
+                      help=f'comma-separated subset of {",".join(registered)} (default: all)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default=None,
                       help='markdown file (default <root>/<table>_<size>/TABLE.md); the JSON '
@@ -506,10 +406,10 @@ def parse_args(argv=None):
     parser.error(f'unrecognized arguments: {" ".join(bad)} (only --config.<key>=<value> '
                  'overrides are passed through)')
   schemes = [s.strip() for s in args.schemes.split(',') if s.strip()]
-  unknown = [s for s in schemes if s not in NORMS]
+  unknown = [s for s in schemes if s not in registered]
   if unknown or not schemes:
     parser.error(f'unknown scheme(s) {", ".join(unknown) or "(none given)"}; valid schemes: '
-                 f'{", ".join(NORMS)}')
+                 f'{", ".join(registered)}')
   if args.parallel < 1:
     parser.error(f'--parallel must be >= 1, got {args.parallel}')
   args.schemes = list(dict.fromkeys(schemes))
@@ -527,17 +427,15 @@ def main(argv=None) -> int:
     if todo:
       print(f'{args.table} ({args.size}): training {len(todo)} run(s), {args.parallel} at a '
             f'time; logs in <workdir>/train.log', flush=True)
-      outcome = launch(todo, args.parallel)
+      outcome = train_rows(todo, args.parallel)
       if outcome is None:
         print('\ninterrupted: the running trainings were stopped (they checkpoint on SIGTERM); '
               'rerun the same command to resume', file=sys.stderr)
         code = 130
+      elif any(exit_code != 0 for exit_code, _ in outcome.values()):
+        code = 1
       for row in rows:
         collect(row, args.table, args.size, args.seed, extra)
-        if outcome and row['scheme'] in outcome and outcome[row['scheme']][0] != 0:
-          row['status'] = (f'failed (exit {outcome[row["scheme"]][0]}), see '
-                           f'{row["workdir"]}/train.log')
-          code = code or 1
   text = markdown(args.table, args.size, rows)
   out = args.out or os.path.join(table_dir(args.root, args.table, args.size), 'TABLE.md')
   json_path = write_outputs(out, text, report_json(args.table, args.size, args.seed, rows))

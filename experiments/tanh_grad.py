@@ -1,11 +1,12 @@
-"""The tanh derivative vs the standard deviation of its input (Cooijmans et al. 2016, Fig. 4b;
-paper spec B.5): why a BN gain of 1 saturates tanh and a gain of 0.1 does not.
+"""The tanh derivative vs the standard deviation of its input (Cooijmans et al. 2016, Fig. 4b):
+why a BN gain of 1 saturates tanh and a gain of 0.1 does not.
 
 For 1000 sigma in linspace(0, 1) and 1000 samples x ~ N(0, sigma^2), the mean and the 25% / 75%
 quantiles of 1 - tanh(x)^2. The samples are x = sigma * z with ONE seeded draw of 1000 standard
 normal z shared by every sigma (common random numbers), so the curves are smooth and exactly
-monotone. The JSON also holds the exact expectation (Gauss-Hermite quadrature) and the spec's
-reference values at sigma = 0.1, 0.25, 0.5, 0.75, 1.0.
+monotone. The JSON also holds the exact expectation (Gauss-Hermite quadrature) and the paper's
+values at sigma = 0.1, 0.25, 0.5, 0.75, 1.0 (docs/method.md, "Reference numbers from the
+paper"; JSON key reference.paper_spec).
 
   python experiments/tanh_grad.py --workdir experiments/results/tanh_grad
 
@@ -24,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-# Spec B.5, Fig. 4b: E[1 - tanh(x)^2] for x ~ N(0, sigma^2) (2M-sample Monte Carlo).
+# Fig. 4b: E[1 - tanh(x)^2] for x ~ N(0, sigma^2) (2M-sample Monte Carlo); docs/method.md,
+# "Reference numbers from the paper".
 PAPER = {'sigma': [0.1, 0.25, 0.5, 0.75, 1.0], 'mean': [0.990, 0.944, 0.827, 0.707, 0.606],
          'iqr_at_sigma_1': [0.33, 0.91]}
 
@@ -78,7 +80,7 @@ def plot(result: dict, path: str) -> None:
                   label='25-75% quantiles')
   ax.plot(result['sigma'], result['mean'], label='mean')
   ref = result['reference']
-  ax.plot(ref['sigma'], ref['paper_spec'], 'k.', label='spec B.5 reference')
+  ax.plot(ref['sigma'], ref['paper_spec'], 'k.', label='paper (Fig. 4b)')
   ax.set_xlim(0, 1)
   ax.set_ylim(0, 1)
   ax.set_xlabel('input standard deviation sigma')
@@ -99,7 +101,7 @@ def main():
   args = parser.parse_args()
   result = run(args.workdir, args.num_sigmas, args.num_samples, args.seed)
   ref = result['reference']
-  print('sigma | spec | ours (MC) | exact')
+  print('sigma | paper | ours (MC) | exact')
   for row in zip(ref['sigma'], ref['paper_spec'], ref['ours_monte_carlo'], ref['exact']):
     print(' | '.join(f'{v:g}' for v in row))
   print(f'wrote {args.workdir}/tanh_grad.json and tanh_grad.png')

@@ -9,11 +9,13 @@ One float32 train step = forward + backward over the whole sequence + optax Adam
 apart as compile_s; 2 warm-up steps; `--reps` timed steps (`jax.block_until_ready`) taken
 round-robin over the models so that machine noise hits all alike; the median is reported.
 Models: flax_optimized_lstm = `nn.RNN(nn.OptimizedLSTMCell(H))` + Dense, the reference (unroll
-1 always: --unroll/--remat go to the normrnn models as RNNSpec.unroll/remat); one per scheme of
-`normrnn.norms.NORMS` (`models.SequenceClassifier` for smnist, `models.CharLM` for ptb; gamma
-0.1 for the BN family, 1.0 otherwise; W_h orthogonal; max_time_steps = the sequence length;
-hoist_input and remat as the task configs: hoist_input False for both, remat True for smnist and
-False for ptb, the faster settings on CPU, docs/benchmarks.md);
+1 always: --unroll/--remat go to the normrnn models as RNNSpec.unroll/remat); one per LSTM
+scheme of `normrnn.norms.NORMS` (by default every one registered when the command runs, see
+`default_schemes`; `models.SequenceClassifier` for smnist, `models.CharLM` for ptb; options
+`NORMS[name].make_options()`: the scheme's declared gamma_init and option defaults; W_h
+orthogonal; max_time_steps = the sequence length; hoist_input and remat as the task configs:
+hoist_input False for both, remat True for smnist and False for ptb, the faster settings on CPU,
+docs/benchmarks.md);
 torch_lstm = `torch.nn.LSTM` + Linear + Adam when torch imports (threads = CPU count).
 
 gflops = nominal matmul FLOPs of one train step / median time, the same count for every model:
@@ -43,9 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from normrnn import models  # noqa: E402
-from normrnn.norms import NORMS, NormOptions  # noqa: E402
+from normrnn import models
+from normrnn.norms import NORMS
 
 SHAPES = {  # per_step: loss at every step; stats_rate as in the paper's code (README)
     'smnist': dict(batch=64, length=784, features=1, hidden=100, classes=10, per_step=False,
@@ -53,7 +54,6 @@ SHAPES = {  # per_step: loss at every step; stats_rate as in the paper's code (R
     'ptb': dict(batch=64, length=100, features=50, hidden=1000, classes=50, per_step=True,
                 stats_rate=0.05, hoist_input=False, remat=False),
 }
-BN_FAMILY = ('batch', 'batch_input', 'sequence')
 REF, TORCH = 'flax_optimized_lstm', 'torch_lstm'
 
 
@@ -90,14 +90,25 @@ class FlaxLSTM(nn.Module):
     return nn.Dense(self.classes)(h if self.per_step else h[:, -1])
 
 
+def default_schemes() -> list[str]:
+  """Every scheme of the registry with an LSTM form, read now (schemes registered at run time
+  included)."""
+  return [name for name, scheme in NORMS.items() if 'lstm' in scheme.cells]
+
+
 def build_model(name, s, args):
+  """The benchmarked model `name` (REF or a registered LSTM scheme) for shape `s` (a SHAPES
+  entry) and the parsed `args` (unroll, remat, hoist_input)."""
   if name == REF:
     return FlaxLSTM(s['hidden'], s['classes'], s['per_step'],
                     s['features'] if s['per_step'] else 0)
+  scheme = NORMS.get(name)
+  if scheme is None or 'lstm' not in scheme.cells:
+    raise ValueError(f'{name!r} is not a registered LSTM scheme; valid: '
+                     f'{", ".join(default_schemes())}')
   spec = models.RNNSpec(
       cell='lstm', hidden=s['hidden'], layers=1, norm=name,
-      options=NormOptions(gamma_init=0.1 if name in BN_FAMILY else 1.0, eps=1e-5,
-                          streaming_mix=0.5),
+      options=scheme.make_options(gamma_init=scheme.gamma_init, eps=1e-5),
       recurrent_init='orthogonal', forget_bias=1.0, h0_noise=0.0, max_time_steps=s['length'],
       stats_rate=s['stats_rate'], unroll=args.unroll,
       remat=s['remat'] if args.remat == 'auto' else args.remat == 'true',
@@ -228,12 +239,16 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def main(argv=None):
+def parse_args(argv=None):
+  """The command line; args.schemes is the list of schemes to run (default_schemes() unless
+  --schemes is given)."""
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--shape', choices=sorted(SHAPES), required=True)
   p.add_argument('--json', required=True, help='output file')
   p.add_argument('--reps', type=int, default=5)
-  p.add_argument('--schemes', default=','.join(NORMS), help='comma-separated NORMS keys')
+  p.add_argument('--schemes', default='',
+                 help='comma-separated NORMS keys (default: every registered LSTM scheme: '
+                 f'{",".join(default_schemes())})')
   p.add_argument('--unroll', type=int, default=1, help='RNNSpec.unroll of the normrnn models')
   p.add_argument('--remat', choices=('auto', 'true', 'false'), default='auto',
                  help='RNNSpec.remat; auto = as the task configs (smnist true, ptb false)')
@@ -242,9 +257,16 @@ def main(argv=None):
   p.add_argument('--eval-length', type=int, default=0, help='also time an eval forward pass')
   p.add_argument('--no-torch', action='store_true', help='skip the torch column')
   args = p.parse_args(argv)
-  schemes = [x for x in args.schemes.split(',') if x]
-  if any(x not in NORMS for x in schemes):
-    p.error(f'unknown scheme in {schemes}; valid: {", ".join(NORMS)}')
+  valid = default_schemes()
+  args.schemes = [x for x in args.schemes.split(',') if x] or valid
+  if any(x not in valid for x in args.schemes):
+    p.error(f'unknown scheme in {args.schemes}; valid: {", ".join(valid)}')
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  schemes = args.schemes
   s = SHAPES[args.shape]
   batch, tx = make_batch(s, s['length']), optax.adam(1e-3)
   flops = 3 * forward_flops(s, s['length'])

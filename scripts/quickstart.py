@@ -1,42 +1,37 @@
 """LSTM vs BN-LSTM on the embedded digits task: the README's first command.
 
-  python scripts/quickstart.py --workdir runs/quickstart
+  python scripts/quickstart.py --workdir runs/quickstart [--steps N]
 
 Trains configs/digits.py with norm=none and norm=batch (offline, no download, ~1-2 min on 2 CPU
-cores) and prints a markdown table of the test results. Reruns resume / reuse finished runs.
+cores) into <workdir>/none and <workdir>/batch and prints a markdown table of the test results.
+Reruns reuse finished runs and resume unfinished ones. Works from any directory.
 """
 import argparse
-import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from normrnn import launch, norms, trainer
+from normrnn.config import load_config
+from normrnn.rundir import read_run
 
-from configs import digits  # noqa: E402
-from normrnn import trainer  # noqa: E402
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                      'digits.py')
+SCHEMES = ('none', 'batch')
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', default='runs/quickstart')
   parser.add_argument('--steps', type=int, default=None, help='override train.num_steps')
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   rows = []
-  for norm, label in (('none', 'LSTM'), ('batch', 'BN-LSTM')):
-    config = digits.get_config(f'norm={norm}')
-    if args.steps is not None:
-      with config.unlocked():
-        config.train.num_steps = args.steps
+  for norm in SCHEMES:
+    overrides = {} if args.steps is None else {'train.num_steps': args.steps}
     workdir = os.path.join(args.workdir, norm)
-    results_path = os.path.join(workdir, 'results.json')
-    if os.path.exists(results_path):
-      with open(results_path) as f:
-        results = json.load(f)
-    else:
-      results = trainer.train_and_evaluate(config, workdir)
-    m = results['metrics']
-    rows.append((label, norm, m['test/acc'], m['test/loss'], results['best_step'],
-                 results['wall_time_s']))
+    if launch.status(workdir) != 'finished':
+      trainer.train_and_evaluate(load_config(f'{CONFIG}:norm={norm}', overrides), workdir)
+    run = read_run(workdir)
+    rows.append((norms.NORMS[norm].label, norm, run.final('test/acc'), run.final('test/loss'),
+                 run.results['best_step'], run.results['wall_time_s']))
   print('\n| model | norm | test acc | test loss (nats) | best step | wall time (s) |')
   print('|---|---|---|---|---|---|')
   for label, norm, acc, loss, best, wall in rows:

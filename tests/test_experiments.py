@@ -1,32 +1,28 @@
-"""The experiment scripts (experiments/*.py, scripts/sweep.py) on tiny settings."""
+"""The experiment scripts (experiments/*.py) on tiny settings."""
 from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import jax
+import matplotlib.colors
 import numpy as np
 import pytest
 
-from configs import digits, ptb_char
 from normrnn import trainer
+from normrnn.config import load_config
 from tests.helpers import load_script
 from tests.test_data import ptb_dir, write_idx  # noqa: F401  (ptb_dir is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
 
-
-
 gradient_flow = load_script('experiments/gradient_flow.py')
 tanh_grad = load_script('experiments/tanh_grad.py')
 compare = load_script('experiments/compare.py')
 length_generalization = load_script('experiments/length_generalization.py')
-sweep = load_script('scripts/sweep.py')
 
 
 # --- gradient_flow (Fig. 4a) -----------------------------------------------------------------
@@ -148,10 +144,10 @@ def test_tanh_grad(tmp_path):
 
 # --- compare ---------------------------------------------------------------------------------
 
-def _fake_run(path: Path, norm: str, gamma: float, results: bool):
+def _fake_run(path: Path, norm: str, gamma: float, results: bool, extra=None):
   path.mkdir()
   lines = [{'step': s, 'time': 0, 'train/loss': 2.0 / s, 'train/acc': 0.1 * s} for s in (1, 2, 3)]
-  lines.append({'step': 3, 'time': 0, 'val/loss': 1.5, 'val_batch/error': None})
+  lines.append({'step': 3, 'time': 0, 'val/loss': 1.5, 'val_batch/error': None, **(extra or {})})
   (path / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
   (path / 'config.json').write_text(json.dumps(
       {'task': 'digits', 'model': {'norm': {'name': norm, 'gamma_init': gamma}}}))
@@ -160,88 +156,48 @@ def _fake_run(path: Path, norm: str, gamma: float, results: bool):
         {'metrics': {'test/acc': 0.9, 'test/loss': 0.3}, 'best_step': 3, 'wall_time_s': 12.5}))
 
 
-def test_compare(tmp_path):
+def test_compare(tmp_path, monkeypatch):
   _fake_run(tmp_path / 'run_lstm', 'none', 1.0, results=True)
-  _fake_run(tmp_path / 'run_bn', 'batch', 0.1, results=False)
+  _fake_run(tmp_path / 'run_bn', 'batch', 0.1, results=False, extra={'val/bpc': 2.0})
   out = tmp_path / 'out'
+  figures = []  # every figure as it is closed: (title, {legend label: line color})
+  close = compare.plt.close
+
+  def spy(fig=None):
+    if fig is not None:
+      figures.append((fig.axes[0].get_title(), {
+          line.get_label(): matplotlib.colors.to_hex(line.get_color())
+          for line in fig.axes[0].get_lines()}))
+    close(fig)
+
+  monkeypatch.setattr(compare.plt, 'close', spy)
   pngs = compare.compare([str(tmp_path / 'run_lstm'), str(tmp_path / 'run_bn')], str(out))
-  assert set(pngs) == {'train/loss', 'train/acc', 'val/loss', 'val_batch/error'}
+  assert set(pngs) == {'train/loss', 'train/acc', 'val/loss', 'val_batch/error', 'val/bpc'}
   assert (out / 'train_loss.png').exists() and (out / 'val_loss.png').exists()
   assert pngs['val_batch/error'] is None  # only nulls: nothing to draw
   summary = (out / 'summary.md').read_text()
   assert 'run_lstm' in summary and 'run_bn' in summary
   assert '| run_lstm | digits | none | 1 | 3 | 0.9 | 0.3 | 12.5 |' in summary
-  assert 'no results.json' in summary
-
-
-# --- sweep -----------------------------------------------------------------------------------
-
-def test_sweep_dry_run_lists_every_point(tmp_path, capsys):
-  assert sweep.main(['--config', 'configs/digits.py:size=smoke', '--workdir', str(tmp_path),
-                     '--dry-run', '--config.train.num_steps=3']) == 0
-  lines = capsys.readouterr().out.strip().splitlines()
-  points = digits.get_sweep()
-  assert len(lines) == len(points)
-  for line, point in zip(lines, points):
-    for key, value in point.items():
-      assert f'--config.{key}={value}' in line
-    assert '--config.train.num_steps=3' in line and '--config.wandb.group=digits/' in line
-    assert f'--workdir={tmp_path / sweep.point_name(point)}' in line
-  assert sweep.point_name({'model.norm.gamma_init': 0.3}) == 'gamma_init-0.3'
-  assert sweep.point_name({'model.norm.name': 'none'}) == 'name-none'
-
-
-def test_sweep_runs_then_skips_finished_points(tmp_path):
-  config = tmp_path / 'tiny_sweep.py'
-  config.write_text(
-      'from configs import digits\n\n\n'
-      'def get_config(arg=None):\n  return digits.get_config(arg)\n\n\n'
-      'def get_sweep(arg=None):\n  return [{"seed": 0}, {"seed": 1}]\n')
-  cmd = [sys.executable, str(ROOT / 'scripts' / 'sweep.py'),
-         '--config', f'{config}:norm=none,size=smoke', '--workdir', str(tmp_path / 'sweep'),
-         '--config.train.num_steps=2', '--config.train.progress_bar=False',
-         '--config.wandb.tensorboard=False']
-  # Runs one at a time; the second reuses the first's compilations (speed only).
-  env = dict(os.environ, WANDB_MODE='disabled', JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'jax_cache'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-  for name in ('seed-0', 'seed-1'):
-    assert (tmp_path / 'sweep' / name / 'results.json').exists()
-    assert (tmp_path / 'sweep' / name / 'train.log').read_text().strip()
-    assert f'| {name} | ok' in out.stdout
-  assert 'test/acc=' in out.stdout
-  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-  assert again.returncode == 0 and again.stdout.count('skipped (finished)') == 2
-
-
-def test_sweep_names_a_failed_point(tmp_path):
-  config = tmp_path / 'bad_sweep.py'
-  config.write_text(
-      'from configs import digits\n\n\n'
-      'def get_config(arg=None):\n  return digits.get_config(arg)\n\n\n'
-      'def get_sweep(arg=None):\n  return [{"model.norm.gamma_init": -1.0}]\n')
-  out = subprocess.run([sys.executable, str(ROOT / 'scripts' / 'sweep.py'), '--config',
-                        f'{config}:size=smoke', '--workdir', str(tmp_path / 'sweep')],
-                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-                       capture_output=True, text=True, timeout=120)
-  assert out.returncode == 1
-  assert 'failed: gamma_init--1.0' in out.stderr
-  log = tmp_path / 'sweep' / 'gamma_init--1.0' / 'train.log'
-  assert 'gamma_init must be > 0' in log.read_text()
+  assert 'no results.json (last logged step 3)' in summary
+  # Legends use the registry labels (no gamma for the LSTM); each run keeps one color in every
+  # plot, also in val/bpc, which only the second run logged.
+  lstm, bn = 'run_lstm (LSTM)', 'run_bn (BN-LSTM, gamma=0.1)'
+  drawn = {title: lines for title, lines in figures if lines}
+  assert set(drawn) == {'train/loss', 'train/acc', 'val/loss', 'val/bpc'}
+  assert list(drawn['val/bpc']) == [bn]
+  for title in ('train/loss', 'train/acc', 'val/loss'):
+    assert list(drawn[title]) == [lstm, bn]
+  colors = {label: {lines[label] for lines in drawn.values() if label in lines}
+            for label in (lstm, bn)}
+  assert all(len(c) == 1 for c in colors.values()) and colors[lstm] != colors[bn], colors
 
 
 # --- length_generalization (Fig. 2b) ---------------------------------------------------------
 
 def test_length_generalization(tmp_path, ptb_dir, monkeypatch):  # noqa: F811
-  config = ptb_char.get_config('norm=batch,size=smoke')
-  with config.unlocked():
-    config.data.name = 'ptb_char'
-    config.data.dir = str(ptb_dir)
-    config.train.num_steps = 2
-    config.train.progress_bar = False
-    config.wandb.tensorboard = False
+  config = load_config(str(ROOT / 'configs' / 'ptb_char.py') + ':norm=batch,size=smoke', {
+      'data.name': 'ptb_char', 'data.dir': str(ptb_dir), 'train.num_steps': 2,
+      'train.progress_bar': False, 'wandb.tensorboard': False})
   results = trainer.train_and_evaluate(config, str(tmp_path / 'bn'))
   out = tmp_path / 'lengths'
   monkeypatch.setattr(sys, 'argv', ['length_generalization.py', '--runs',

@@ -7,6 +7,7 @@ metrics.jsonl lines {"step", "time", metrics...}.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from configs import pmnist, ptb_char, smnist
+from normrnn import launch, norms, trainer
+from normrnn.config import load_config
 from normrnn.norms import NORMS
 from tests.helpers import load_script
 
@@ -26,9 +28,7 @@ RESULTS_KEYS = {'task', 'paper', 'norm', 'gamma_init', 'metrics', 'best_step', '
                 'command'}
 HARDWARE = dict(platform='cpu', device_kind='cpu', device_count=1, cpu_count=2,
                 machine='x86_64', jax='0.4.test', flax='0.10.test', python='3.11.7')
-CONFIGS = {'smnist': smnist, 'pmnist': pmnist, 'ptb': ptb_char}
-
-
+CONFIGS = {'smnist': 'smnist.py', 'pmnist': 'pmnist.py', 'ptb': 'ptb_char.py'}
 
 reproduce = load_script('experiments/reproduce.py')
 gamma_sensitivity = load_script('experiments/gamma_sensitivity.py')
@@ -38,7 +38,7 @@ gamma_sensitivity = load_script('experiments/gamma_sensitivity.py')
 
 def _config(table: str, scheme: str, size: str, seed: int = 0, gamma: float = -1.0) -> dict:
   arg = f'norm={scheme},size={size},seed={seed},gamma={gamma}'
-  return json.loads(CONFIGS[table].get_config(arg).to_json())
+  return json.loads(load_config(f'{ROOT / "configs" / CONFIGS[table]}:{arg}').to_json())
 
 
 def _write_jsonl(path: Path, records) -> None:
@@ -78,7 +78,10 @@ def fake_run(workdir: Path, config: dict, metrics: dict | None, *, steps=(250, 5
   (workdir / 'results.json').write_text(json.dumps(results, indent=2, sort_keys=True))
 
 
-def _row_line(text: str, model: str) -> str:
+def _row_line(text: str, scheme: str) -> str:
+  """The table line of a scheme's row (its model cell: the registered label and paper)."""
+  declared = NORMS[scheme]
+  model = f'{declared.label} ({declared.paper})'
   lines = [l for l in text.splitlines() if l.startswith(f'| {model} |')]
   assert len(lines) == 1, text
   return lines[0]
@@ -106,17 +109,20 @@ def test_smnist_table_finished_missing_and_incomplete(tmp_path, capsys):
   assert '| model | paper | ours | metric | data | hardware | steps | wall time | command |' in md
   assert "does not use the paper's data" in md and 'mnist10k' in md
   wd = root / 'smnist_cpu'
-  assert _row_line(md, 'LSTM') == (
-      "| LSTM | 98.9 | 97.12 | test/acc (%) | mnist10k 8000/1000/1000, scanline pixels, not the "
-      "paper's data | CPU (2 cores), jax 0.4.test | 1500 (best 1250) | 25.0 min | "
+  assert _row_line(md, 'none') == (
+      f"| LSTM ({NORMS['none'].paper}) | 98.9 | 97.12 | test/acc (%) | mnist10k "
+      "8000/1000/1000, scanline pixels, not the paper's data | CPU (2 cores), jax 0.4.test | "
+      "1500 (best 1250) | 25.0 min | "
       f"`python -m normrnn.train --config=configs/smnist.py:norm=none,size=cpu,seed=0 "
       f"--workdir={wd / 'none_seed0'}` |")
-  bn = _row_line(md, 'BN-LSTM')
-  assert '| BN-LSTM | 99.0 | 98.55 | test/acc (%) |' in bn and '| 45 s |' in bn
-  ln = _row_line(md, 'LN-LSTM (Ba et al. 2016)')
-  assert '| —, not in the paper | running/incomplete (step 250 of 1500) |' in ln
-  wn = _row_line(md, 'WN-LSTM (Salimans & Kingma 2016)')
-  assert '| —, not in the paper | missing |' in wn
+  bn = _row_line(md, 'batch')
+  assert '| BN-LSTM (Cooijmans et al. 2016, eqs. 6-8) | 99.0 | 98.55 | test/acc (%) |' in bn
+  assert '| 45 s |' in bn
+  ln = _row_line(md, 'layer')
+  assert ln.startswith('| LN-LSTM (') and (
+      '| —, not in the paper | incomplete (step 250 of 1500) |' in ln)
+  wn = _row_line(md, 'weight')
+  assert wn.startswith('| WN-LSTM (') and '| —, not in the paper | missing |' in wn
   assert 'iRNN (Le et al. 2015) 97.0' in md and 'uRNN (Arjovsky et al. 2015) 95.1' in md
   # The commands that would start the unfinished rows, and only those.
   tail = out.split('row(s) not finished')[1]
@@ -137,7 +143,18 @@ def test_smnist_table_finished_missing_and_incomplete(tmp_path, capsys):
   assert rows['none']['hardware']['cpu_count'] == 2 and rows['none']['final_step'] == 1500
   assert rows['none']['results_metrics']['val_final/acc'] == 0.97
   assert 'norm=none,size=cpu,seed=0' in rows['none']['command']
+  assert rows['batch']['model'] == 'BN-LSTM (Cooijmans et al. 2016, eqs. 6-8)'
   assert {'model': 'iRNN (Le et al. 2015)', 'value': 97.0} in report['paper_context']
+
+
+def test_rows_are_the_registered_schemes_by_default(tmp_path):
+  rows = reproduce.make_rows('ptb', str(tmp_path), 'cpu')
+  assert [r['scheme'] for r in rows] == list(NORMS)
+  assert [r['model'] for r in rows] == [f'{s.label} ({s.paper})' for s in NORMS.values()]
+  job = rows[1]['job']
+  assert job.workdir == str(tmp_path / 'ptb_cpu' / 'batch_seed0')
+  config = job.config()  # what the row's command trains
+  assert (config.task, config.model.norm.name, config.seed) == ('ptb_char', 'batch', 0)
 
 
 def test_ptb_table_uses_the_whole_stream_metric(tmp_path, capsys):
@@ -151,10 +168,11 @@ def test_ptb_table_uses_the_whole_stream_metric(tmp_path, capsys):
                          '--out', str(out_md)]) == 0
   capsys.readouterr()
   md = out_md.read_text()
-  assert '| LSTM | 1.38 | 1.610 | test_stream/bpc | ptb_char_valid 353737/19652/19653' in md
-  bn = _row_line(md, 'BN-LSTM')
+  assert ' | 1.38 | 1.610 | test_stream/bpc | ptb_char_valid 353737/19652/19653' in _row_line(
+      md, 'none')
+  bn = _row_line(md, 'batch')
   # No whole-stream number: the segment metric, flagged as not comparable.
-  assert '| BN-LSTM | 1.32 | 1.551 | test/bpc — length-100 segments' in bn
+  assert ' | 1.32 | 1.551 | test/bpc — length-100 segments' in bn
   assert 'no test_stream/bpc' in bn
   assert 'configs/ptb_char.py:norm=batch,size=cpu,seed=0' in bn
   assert 'Zoneout (Krueger 2016) 1.27' in md
@@ -171,7 +189,7 @@ def test_run_with_other_settings_is_not_used(tmp_path, capsys):
   assert reproduce.main(['pmnist', '--root', str(root), '--size', 'cpu', '--schemes', 'batch',
                          '--config.train.num_steps=3000']) == 0
   out = capsys.readouterr().out
-  row = _row_line(out, 'BN-LSTM')
+  row = _row_line(out, 'batch')
   assert '| 95.4 | config differs: seed: run 1, asked 0; train.num_steps: run 1500, asked ' \
          "'3000' |" in row
   assert '--config.train.num_steps=3000`' in row
@@ -181,25 +199,43 @@ def test_run_with_other_settings_is_not_used(tmp_path, capsys):
   assert 'row(s) not finished' not in out  # not offered for (re)launch
 
 
+class _FakeTraining:
+  """Stands in for the training subprocess: writes a run directory like the trainer's."""
+
+  def __init__(self, job):
+    self.job, self.pid, self.returncode = job, os.getpid(), None
+
+  def wait(self):
+    workdir = Path(self.job.workdir)
+    # While it trains, the launcher's pid file marks the workdir as running.
+    assert (workdir / launch.PID_FILE).read_text().strip() == str(self.pid)
+    assert launch.status(self.job).startswith(f'running (pid {self.pid}, ')
+    config = self.job.config()
+    if config.model.norm.name == 'cosine':
+      self.returncode = 1
+      return 1
+    fake_run(workdir / 'x', json.loads(config.to_json()), {'test/acc': 0.25}, steps=(2, 4))
+    for name in os.listdir(workdir / 'x'):
+      os.replace(workdir / 'x' / name, workdir / name)
+    self.returncode = 0
+    return 0
+
+  def poll(self):
+    return self.returncode
+
+
 def test_launch_trains_only_unfinished_rows(tmp_path, capsys, monkeypatch):
   root = tmp_path / 'r'
   fake_run(root / 'smnist_smoke' / 'none_seed3', _config('smnist', 'none', 'smoke', seed=3),
            {'test/acc': 0.5}, steps=(2, 4))
   launched = []
 
-  def fake_run_point(argv, workdir):
-    launched.append(argv)
-    assert (Path(workdir) / reproduce.PID_FILE).read_text().strip() == str(os.getpid())
-    scheme = argv[3].split('norm=')[1].split(',')[0]
-    if scheme == 'cosine':
-      return 1, 0.5
-    fake_run(Path(workdir) / 'x', _config('smnist', scheme, 'smoke', seed=3), {'test/acc': 0.25},
-             steps=(2, 4))
-    for name in os.listdir(Path(workdir) / 'x'):
-      os.replace(Path(workdir) / 'x' / name, Path(workdir) / name)
-    return 0, 1.0
+  def fake_start(self, job, log):
+    del self, log
+    launched.append(job.command())
+    return _FakeTraining(job)
 
-  monkeypatch.setattr(reproduce.sweep, 'run_point', fake_run_point)
+  monkeypatch.setattr(launch.LocalLauncher, 'start', fake_start)
   code = reproduce.main(['smnist', '--root', str(root), '--size', 'smoke', '--seed', '3',
                          '--schemes', 'none,layer,cosine', '--launch', '--parallel', '2',
                          '--config.train.num_steps=4'])
@@ -212,12 +248,15 @@ def test_launch_trains_only_unfinished_rows(tmp_path, capsys, monkeypatch):
     assert argv[:3] == [sys.executable, '-m', 'normrnn.train']
     assert argv[4].startswith(f'--workdir={root.resolve()}') and argv[5:] == [
         '--config.train.num_steps=4']
-  assert '| LN-LSTM (Ba et al. 2016) | —, not in the paper | 25.00 |' in captured.out
-  cosine = _row_line(captured.out, 'cosine-norm LSTM (Luo et al. 2017)')
-  assert 'failed (exit 1), see ' in cosine and 'cosine_seed3/train.log' in cosine
-  assert '| LSTM | 98.9 | 50.00 |' in captured.out
+  assert ' | —, not in the paper | 25.00 |' in _row_line(captured.out, 'layer')
+  cosine = _row_line(captured.out, 'cosine')
+  assert 'failed (exit 1, see ' in cosine and 'cosine_seed3/train.log' in cosine
+  assert ' | 98.9 | 50.00 |' in _row_line(captured.out, 'none')
   assert 'failed: cosine' in captured.err
-  assert not (root / 'smnist_smoke' / 'layer_seed3' / reproduce.PID_FILE).exists()
+  layer = root / 'smnist_smoke' / 'layer_seed3'
+  assert not (layer / launch.PID_FILE).exists()
+  assert launch.status(str(layer)) == 'finished'
+  assert (layer / 'train.log').read_text().startswith(f'$ {sys.executable} -m normrnn.train ')
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -236,27 +275,52 @@ def test_bad_arguments_fail_with_the_valid_choices(argv, message, capsys):
   assert message in capsys.readouterr().err
 
 
+@pytest.fixture
+def throwaway_scheme():
+  """A scheme registered at run time (WN's sites under another name), removed afterwards."""
+  scheme = norms.register(dataclasses.replace(
+      NORMS['weight'], name='throwaway_wn', label='throwaway WN-LSTM',
+      paper='a test of the registry'))
+  yield scheme
+  norms.unregister(scheme.name)
+
+
 @pytest.mark.slow
-def test_real_smoke_launch(tmp_path, capsys):
+def test_a_registered_scheme_gets_a_row(tmp_path, capsys, throwaway_scheme):
+  """A scheme registered after import is a row: its default --schemes, its label, its run."""
+  if not SHARED_MNIST.is_dir():
+    pytest.skip(f'{SHARED_MNIST} is missing')
+  root = tmp_path / 'r'
+  extra = ['--config.train.progress_bar=False', '--config.wandb.tensorboard=False']
+  (row,) = reproduce.make_rows('smnist', str(root), 'smoke', [throwaway_scheme.name], 0, extra)
+  results = trainer.train_and_evaluate(row['job'].config(), row['workdir'])
+  assert reproduce.main(['smnist', '--root', str(root), '--size', 'smoke'] + extra) == 0
+  out = capsys.readouterr().out
+  line = _row_line(out, throwaway_scheme.name)
+  assert line.startswith('| throwaway WN-LSTM (a test of the registry) | —, not in the paper | '
+                         f'{100 * results["metrics"]["test/acc"]:.2f} | test/acc (%) |')
+  report = json.loads((root / 'smnist_smoke' / 'TABLE.json').read_text())
+  assert [r['scheme'] for r in report['rows']] == list(NORMS)  # every registered scheme
+  assert report['rows'][-1]['status'] == 'finished'
+
+
+@pytest.mark.slow
+def test_real_smoke_launch(tmp_path, capsys, monkeypatch):
   """One real training run (smnist smoke, ~10 s): launched, collected, then reused."""
   if not SHARED_MNIST.is_dir():
     pytest.skip(f'{SHARED_MNIST} is missing')
   root = tmp_path / 'r'
   argv = ['smnist', '--root', str(root), '--size', 'smoke', '--schemes', 'none',
           '--config.train.progress_bar=False', '--config.wandb.tensorboard=False']
-  cwd = os.getcwd()
-  os.chdir(ROOT)  # the configs' data paths are relative to the repository root
-  try:
-    assert reproduce.main(argv + ['--launch']) == 0
-  finally:
-    os.chdir(cwd)
+  monkeypatch.chdir(tmp_path)  # any directory: the package is installed, data paths absolute
+  assert reproduce.main(argv + ['--launch']) == 0
   workdir = root / 'smnist_smoke' / 'none_seed0'
   results = json.loads((workdir / 'results.json').read_text())
   assert set(results) == RESULTS_KEYS  # the fake runs above use the same format
   assert 'normrnn.train' in (workdir / 'train.log').read_text()
   acc = 100 * results['metrics']['test/acc']
   out = capsys.readouterr().out
-  assert f'| LSTM | 98.9 | {acc:.2f} | test/acc (%) | mnist10k 8000/1000/1000' in out
+  assert f' | 98.9 | {acc:.2f} | test/acc (%) | mnist10k 8000/1000/1000' in _row_line(out, 'none')
   assert 'a few steps of a tiny model' in out
   assert reproduce.main(argv) == 0  # rerun: collected, nothing to launch
   assert 'not finished' not in capsys.readouterr().out
