@@ -2,16 +2,25 @@
 
 Layout of `directory`:
   <step>/                     one complete orbax checkpoint per kept step.
-  <step>.orbax-checkpoint-tmp-<ts>/
-                              a checkpoint being written. Orbax writes there and renames it to
-                              <step>/ only once it is complete, so a kill -9 leaves at most such a
-                              leftover; it is never listed as a step and is deleted when the next
-                              Checkpointer opens the directory.
+  <step>.orbax-checkpoint-tmp/
+                              a checkpoint being written (orbax 0.12; older versions append
+                              -<timestamp>). Orbax writes there and renames it to <step>/ only
+                              once it is complete, so a kill -9 leaves at most such a leftover;
+                              it is never listed as a step and is deleted when the next
+                              Checkpointer opens the directory, or at once when a save fails.
   config_at_checkpoint.json   {"step": int, "config": dict}: the run's config at the most recent
-                              `save(..., config=...)`, replaced atomically (temp file +
-                              os.replace) after that checkpoint is complete. `saved_config()`
-                              reads it, so a resumed run can compare its config with the one
-                              that produced the checkpoint.
+                              `save(..., config=...)`. It is written beforehand as
+                              config_at_checkpoint.json.pending and renamed over this file only
+                              once that checkpoint is complete (a rename needs no free space), so
+                              it never names a step that is not on disk. `saved_config()` reads
+                              it, so a resumed run can compare its config with the one that
+                              produced the checkpoint.
+
+Storage failures (a full disk, a read-only or unwritable directory, ...) raise
+normrnn.storage.StorageError, one line naming the directory, the OS reason, what to do and the
+step a rerun resumes from; a failed save leaves the directory as it was (every complete
+checkpoint kept, no temporary directory, the config file unchanged), and orbax's own tracebacks
+of it are not logged.
 
 States are pytrees (dicts, flax struct dataclasses, optax namedtuple states, EmptyState) of
 jax/numpy arrays. numpy scalar leaves (np.float32(3.0)), which orbax saves but cannot restore,
@@ -19,18 +28,25 @@ are turned into 0-d numpy arrays on save and in the restore target.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import os
-from typing import Any
+import shutil
+import sys
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from normrnn.jsonio import write_json_atomic
+from normrnn.storage import StorageError, check_writable, storage_errno, storage_errors
 
 CONFIG_FILE = 'config_at_checkpoint.json'
+_PENDING_CONFIG = CONFIG_FILE + '.pending'
+TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's temporary-directory suffix (see the layout above)
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +64,53 @@ class Checkpointer:
     ckpt.close()
   """
 
-  def __init__(self, directory: str, *, max_to_keep: int):
+  def __init__(self, directory: str, *, max_to_keep: int, read_only: bool = False):
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
       directory: where the checkpoints live.
       max_to_keep: how many of the newest checkpoints to keep (>= 1).
+      read_only: only restore: the directory is neither created, checked for writability nor
+        cleaned of temporary leftovers (which may belong to a run still writing there), and
+        `save` raises.
 
     Raises:
       ValueError: max_to_keep < 1.
+      StorageError: (unless read_only) the directory cannot be created or written, e.g. a
+        read-only filesystem, no permission, a file in the way or a full disk.
     """
     if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
       raise ValueError(f'max_to_keep must be an int >= 1, got {max_to_keep!r}')
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                           cleanup_tmp_directories=True)
+    self._max_to_keep = max_to_keep
+    self._read_only = read_only
+    if not read_only:
+      # Fails in milliseconds with one line instead of seconds later deep inside orbax.
+      check_writable(self.directory, what='checkpoints')
+    with storage_errors('checkpoints', self.directory):
+      self._open()
+
+  def _open(self, *, keep_pending_config: bool = False) -> None:
+    if not self._read_only:
+      self._remove_leftovers(keep_pending_config)
+    # Leftovers are removed above, synchronously: orbax's cleanup_tmp_directories runs in a
+    # thread that only a save waits for, and that fails when the process exits first.
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep,
+                                           create=not self._read_only,
+                                           cleanup_tmp_directories=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def _remove_leftovers(self, keep_pending_config: bool = False) -> None:
+    """Deletes what an interrupted or failed save leaves: orbax's temporary directories and the
+    pending config file. None of them is ever taken for a checkpoint; this frees their space."""
+    with contextlib.suppress(OSError):
+      for name in os.listdir(self.directory):
+        path = os.path.join(self.directory, name)
+        if TMP_MARK in name and os.path.isdir(path):
+          shutil.rmtree(path, ignore_errors=True)
+        elif ((name.startswith(_PENDING_CONFIG) and not keep_pending_config)
+              or name == CONFIG_FILE + '.tmp'):
+          _remove(path)
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None if there is none."""
@@ -82,6 +129,13 @@ class Checkpointer:
     checkpoint is skipped with a warning unless `force`, in which case the newer ones become
     the oldest and are the first deleted by `max_to_keep`.
 
+    All or nothing: if the save fails, orbax's background work is waited for, the temporary
+    directory of the step is deleted, every complete checkpoint is kept (older ones are only
+    deleted by `max_to_keep` after the new one is complete) and config_at_checkpoint.json is
+    left unchanged; the Checkpointer stays usable (a later save may succeed). Only if orbax had
+    completed the checkpoint before the error (e.g. one while deleting an older checkpoint) does
+    the new step count, config file included.
+
     Args:
       step: the training step the state belongs to.
       state: a pytree of arrays (numpy scalar leaves are allowed).
@@ -91,23 +145,83 @@ class Checkpointer:
 
     Returns:
       True if a checkpoint was written, False if it was skipped.
+
+    Raises:
+      StorageError: the storage failed (full disk, quota, read-only, permission, I/O error);
+        its message ends with the step a rerun resumes from (`resume_step`, the latest complete
+        checkpoint, or none if there is none).
     """
+    if self._read_only:
+      raise ValueError(f'{self.directory} was opened read_only; cannot save step {step}')
     step = int(step)
     if step in self._manager.all_steps():
       logger.info('checkpoint for step %d already exists in %s; not saving again', step,
                   self.directory)
       return False
-    saved = self._manager.save(step, args=ocp.args.StandardSave(_arrays(state)), force=force)
-    self._manager.wait_until_finished()
+    latest = self._manager.latest_step()
+    if not force and latest is not None and step < latest:
+      self._warn_skipped(step)
+      return False
+    what = f'the checkpoint of step {step}'
+    pending = os.path.join(self.directory, _PENDING_CONFIG)
+    if config is not None:
+      # Written before the checkpoint, so that once it is complete the config only needs a
+      # rename, which cannot fail for want of space.
+      try:
+        with storage_errors(what, self.directory, resume_step=latest):
+          write_json_atomic(pending, {'step': step, 'config': config})
+      except BaseException:
+        _remove(pending + '.tmp', pending)
+        raise
+    try:
+      with _quiet_orbax_storage_failures():
+        try:
+          saved = self._manager.save(step, args=ocp.args.StandardSave(_arrays(state)),
+                                     force=force)
+          self._manager.wait_until_finished()
+        except Exception:
+          self._recover()
+          raise
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below unless storage)
+      # Committed despite a later error (e.g. while deleting older checkpoints)?
+      if config is not None and step in self._manager.all_steps():
+        with contextlib.suppress(OSError):
+          os.replace(pending, os.path.join(self.directory, CONFIG_FILE))
+      _remove(pending)
+      err = StorageError.from_exception(e, what, self.directory,
+                                        resume_step=self._manager.latest_step())
+      if err is None:
+        raise
+      raise err from e
     if not saved:
-      logger.warning('checkpoint for step %d not saved: it is older than the latest checkpoint '
-                     '(step %s) in %s; pass force=True to save it anyway', step,
-                     self._manager.latest_step(), self.directory)
+      _remove(pending)
+      self._warn_skipped(step)
       return False
     if config is not None:
-      write_json_atomic(os.path.join(self.directory, CONFIG_FILE),
-                         {'step': step, 'config': config})
+      with storage_errors(f'the config of checkpoint step {step}', self.directory,
+                          resume_step=step):
+        os.replace(pending, os.path.join(self.directory, CONFIG_FILE))
     return True
+
+  def _warn_skipped(self, step: int) -> None:
+    logger.warning('checkpoint for step %d not saved: it is older than the latest checkpoint '
+                   '(step %s) in %s; pass force=True to save it anyway', step,
+                   self._manager.latest_step(), self.directory)
+
+  def _recover(self) -> None:
+    """After a failed save: waits for all of orbax's background work, then deletes the
+    temporary directory and reopens the directory (orbax's in-memory list of steps no longer
+    matches the disk: it already dropped the steps `max_to_keep` would delete)."""
+    for _ in range(8):  # each wait re-raises each stored background error at most once
+      try:
+        self._manager.close()
+        break
+      except Exception:  # pylint: disable=broad-except  (the save's own error, seen already)
+        continue
+    else:
+      logger.warning('orbax did not shut down cleanly after a failed save in %s', self.directory)
+    # Nothing is being written any more: remove the temporary directory, reread the steps.
+    self._open(keep_pending_config=True)  # `save` decides what becomes of the config
 
   def restore(self, step: int, target: Any) -> Any:
     """Restores the checkpoint of `step` into the structure, dtypes and shardings of `target`.
@@ -156,6 +270,55 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+@contextlib.contextmanager
+def _quiet_orbax_storage_failures() -> Iterator[None]:
+  """While a save runs, drops the noise a storage failure makes in orbax's threads, which `save`
+  raises as one StorageError line instead: orbax's log records (absl; a traceback per thread),
+  asyncio's "Task exception was never retrieved" for the array writes abandoned after the first
+  failed, and "Event loop is closed" from tensorstore completing such a write after orbax
+  closed its event loop. Other records and unraisable exceptions pass unchanged."""
+  loggers = [logging.getLogger('absl'), logging.getLogger('asyncio')]  # orbax logs via absl
+  for lg in loggers:
+    lg.addFilter(_drop_storage_failures)
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  except BaseException:
+    gc.collect()  # the abandoned tasks are logged when collected: now, while filtered
+    raise
+  finally:
+    sys.unraisablehook = previous_hook
+    for lg in loggers:
+      lg.removeFilter(_drop_storage_failures)
+
+
+def _drop_storage_failures(record: logging.LogRecord) -> bool:
+  if record.levelno < logging.WARNING:
+    return True
+  if record.exc_info and record.exc_info[1] is not None:
+    return storage_errno(record.exc_info[1]) is None
+  try:
+    message = record.getMessage()
+  except Exception:  # pylint: disable=broad-except  (a malformed record is not ours to judge)
+    return True
+  return storage_errno(ValueError(message)) is None
+
+
+def _remove(*paths: str) -> None:
+  """Deletes files if they exist; failures are ignored (what stays is removed on the next open,
+  and the error being handled matters more)."""
+  for path in paths:
+    with contextlib.suppress(OSError):
+      os.remove(path)
 
 
 def _arrays(tree: Any) -> Any:
