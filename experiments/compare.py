@@ -5,27 +5,21 @@
 Reads each run directory with `normrnn.rundir.read_run` (metrics.jsonl, config.json and
 results.json, which is missing for a run still training: its table row says so). Writes into
 --out one PNG per metric (`train_loss.png` for train/loss; one line per run, labelled with
-`Run.label`, e.g. 'run_bn (BN-LSTM, gamma=0.1)'; each run keeps one color in every plot) and
-summary.md: a markdown table with task, norm, gamma, best step, the final test metrics of
-results.json and the wall time. Default metrics: every train/, val/ and val_batch/ key found in
-the files.
+`Run.label`: 'run_bn (BN-LSTM, gamma=0.1)', 'run_lstm (LSTM)' without gamma for schemes without a
+gain; each run keeps one color in every plot, see `normrnn.plots`) and summary.md: a markdown
+table with task, norm, gamma, best step, the final test metrics of results.json and the wall
+time. Default metrics: every train/, val/ and val_batch/ key found in the files.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from normrnn.rundir import read_run  # noqa: E402
+from normrnn.plots import plot_metric, run_styles
+from normrnn.rundir import read_run
 
 CURVE_PREFIXES = ('train/', 'val/', 'val_batch/')
 TEST_PREFIXES = ('test', 'val_final')
-LINESTYLES = ('-', '--', ':', '-.')
 
 
 def curve_metrics(runs) -> list[str]:
@@ -41,41 +35,6 @@ def curve_metrics(runs) -> list[str]:
 
 def metric_filename(metric: str) -> str:
   return metric.replace('/', '_') + '.png'
-
-
-def run_styles(runs) -> list[dict]:
-  """One line style per run, by run order: the tab10 colors, then the next line style for runs
-  11-20 and so on, so that a run looks the same in every plot (also in plots that some runs did
-  not log)."""
-  colors = plt.get_cmap('tab10').colors
-  return [dict(color=colors[i % len(colors)],
-               linestyle=LINESTYLES[(i // len(colors)) % len(LINESTYLES)])
-          for i in range(len(runs))]
-
-
-def plot_metric(runs, metric: str, path: str, styles=None) -> bool:
-  """One line per run that logged `metric` (NaN points left out); False if none did.
-  `styles`: per-run line styles (default `run_styles(runs)`)."""
-  styles = run_styles(runs) if styles is None else styles
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  drawn = False
-  for run, style in zip(runs, styles):
-    points = [(r['step'], r[metric]) for r in run.records
-              if metric in r and isinstance(r[metric], (int, float)) and math.isfinite(r[metric])]
-    if points:
-      steps, values = zip(*points)
-      ax.plot(steps, values, marker='.' if len(points) < 30 else None, label=run.label, **style)
-      drawn = True
-  if drawn:
-    ax.set_xlabel('training step')
-    ax.set_ylabel(metric)
-    ax.set_title(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return drawn
 
 
 def _fmt(value) -> str:

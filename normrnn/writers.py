@@ -2,18 +2,25 @@
 
 Every run writes into its workdir:
   config.json       the run's full config (sorted keys, indent 2), rewritten at each start.
-  metrics.jsonl     one JSON object per `write` call: {"step": int, "time": unix s, **metrics}.
-                    Metric keys are slash-namespaced ('train/loss', 'val/bpc', ...). Non-finite
-                    values are written as null, so every line is valid JSON.
+  metrics.jsonl     one JSON object per `write`/`write_final` call: {"step": int, "time": unix s,
+                    **metrics}. Metric keys are slash-namespaced ('train/loss', 'val/bpc', ...).
+                    Non-finite values are written as null, so every line is valid JSON.
   wandb_run_id.txt  the wandb run id (unless wandb is disabled); a resumed run reuses it.
   wandb/            wandb's run directories (offline runs: `wandb sync workdir/wandb/offline-*`).
   tensorboard/      TensorBoard event files (optional), written without TensorFlow.
 
-wandb and TensorBoard receive exactly the keys of the JSONL lines (with NaN kept as NaN).
+Two kinds of metrics: learning curves (`write`: train/, val/, val_batch/, logged many times) and
+final numbers (`write_final`: test/, val_final/, test_batch/, test_stream/, ..., logged once after
+training). wandb receives exactly the keys of the JSONL lines (with NaN kept as NaN), the final
+numbers also as the run summary. TensorBoard gets the same keys, but only the learning curves as
+scalars: its Time Series dashboard groups scalar tags by their first path component, sorts the
+groups by name and expands only the first two, so single-point `test/...` scalars would open
+first ('test' < 'train') and push the curves into collapsed groups. The final numbers go to one
+text summary (tag `results`, a markdown table in the Text dashboard) instead.
 
 Resuming: pass `resume_step` (the restored checkpoint's step). metrics.jsonl keeps only lines
 with step <= resume_step, because a crashed run may have logged past its last checkpoint, and
-TensorBoard is told to drop the orphaned events after resume_step.
+TensorBoard is told to drop the orphaned events after resume_step (scalars and text alike).
 
 wandb never blocks or kills a run: 'online' init is bounded by `wandb_init_timeout_s` and falls
 back to 'offline' (then to no wandb) with a logged warning; a failing `run.log` turns wandb off.
@@ -34,6 +41,7 @@ from normrnn.jsonio import write_json_atomic
 
 WANDB_MODES = ('disabled', 'offline', 'online')
 _RESERVED_KEYS = ('step', 'time')
+RESULTS_TAG = 'results'  # the TensorBoard text summary of `write_final`
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 logger = logging.getLogger(__name__)
@@ -80,8 +88,8 @@ class MetricWriter:
 
   Usage:
     writer = MetricWriter(workdir, config=config.to_dict(), wandb_mode='offline', ...)
-    writer.write(step, {'train/loss': loss, 'train/bpc': bpc})
-    writer.summary({'test/bpc': 1.32})
+    writer.write(step, {'train/loss': loss, 'train/bpc': bpc})    # learning curves
+    writer.write_final(step, {'test/bpc': 1.32, 'val_final/bpc': 1.30})  # once, after training
     writer.close()
   """
 
@@ -145,18 +153,40 @@ class MetricWriter:
     Raises:
       ValueError: a key without a '/' namespace or a reserved key; a non-scalar value.
     """
+    step, values, wall_time = self._write_jsonl(step, metrics)
+    if self._tb is not None:
+      self._tb.write(step, values, wall_time)
+    self._call_wandb('log', lambda run: run.log(values, step=step))
+
+  def write_final(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Writes the final numbers of a run (test/, val_final/, ...), once, after training.
+
+    metrics.jsonl and wandb get them exactly like `write` does (one JSONL line, one `run.log`),
+    and wandb also as the run summary. TensorBoard gets them as one text summary, tag `results`
+    (a markdown table: one row per prefix, one column per metric), not as single-point scalar
+    cards that would open before the learning curves.
+
+    Args and Raises: as for `write`.
+    """
+    step, values, wall_time = self._write_jsonl(step, metrics)
+    if self._tb is not None:
+      self._tb.write_text(step, RESULTS_TAG, results_markdown(step, values), wall_time)
+    self._call_wandb('log', lambda run: run.log(values, step=step))
+    self._call_wandb('summary', lambda run: run.summary.update(values))
+
+  def _write_jsonl(self, step: int, metrics: Mapping[str, Any]) -> tuple[int, dict, float]:
+    """Checks the metrics and appends their JSONL line; returns (step, float values, time)."""
     step = int(step)
     values = {key: _scalar(key, value) for key, value in metrics.items()}
     record = {'step': step, 'time': time.time()}
     record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
     self._jsonl.write(json.dumps(record, allow_nan=False) + '\n')
     self._jsonl.flush()
-    if self._tb is not None:
-      self._tb.write(step, values, record['time'])
-    self._call_wandb('log', lambda run: run.log(values, step=step))
+    return step, values, record['time']
 
   def summary(self, metrics: Mapping[str, Any]) -> None:
-    """Sets the wandb run summary (final numbers); a no-op without wandb."""
+    """Sets the wandb run summary (final numbers); a no-op without wandb. `write_final` already
+    does this for the numbers it writes."""
     values = {key: _scalar(key, value) for key, value in metrics.items()}
     self._call_wandb('summary', lambda run: run.summary.update(values))
 
@@ -200,6 +230,23 @@ def _scalar(key: str, value: Any) -> float:
                      f'{getattr(value, "shape", "")}: {e}') from e
 
 
+def results_markdown(step: int, values: Mapping[str, float]) -> str:
+  """The final numbers as markdown: one row per prefix ('test', 'val_final', ...), one column per
+  metric name ('loss', 'bpc', ...), both in first-seen order; '-' where a prefix lacks a name."""
+  table: dict[str, dict[str, float]] = {}
+  names: dict[str, None] = {}
+  for key, value in values.items():
+    prefix, name = key.split('/', 1)
+    table.setdefault(prefix, {})[name] = value
+    names.setdefault(name, None)
+  lines = [f'Final metrics at step {step}, written once after training.', '',
+           '| | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  for prefix, row in table.items():
+    cells = [f'{row[n]:.4g}' if n in row else '-' for n in names]
+    lines.append(f'| {prefix} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
 def _prepare_jsonl(path: str, resume_step: int | None) -> None:
   """Drops a partial trailing line and, when resuming, every line with step > resume_step."""
   if not os.path.exists(path):
@@ -224,13 +271,16 @@ def _event_files(logdir: str) -> list[str]:
 
 
 class _TensorBoard:
-  """Scalar event files written with tensorboard's pure-Python writer (no TensorFlow)."""
+  """Scalar and text event files written with tensorboard's pure-Python writer (no TensorFlow)."""
 
   def __init__(self, logdir: str, resume_step: int | None):
     # pylint: disable=g-import-not-at-top
     from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.plugins.text import metadata as text_metadata
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.util import tensor_util
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    self._text_metadata, self._tensor_util = text_metadata, tensor_util
     # TensorBoard reads event files in name order and names start with the creation second:
     # make sure a resumed run's file sorts after the earlier ones (the uid part of the name is
     # not zero-padded, so the same second can sort wrongly).
@@ -238,16 +288,29 @@ class _TensorBoard:
     while int(time.time()) <= latest:
       time.sleep(0.05)
     self._writer = EventFileWriter(logdir)
-    if resume_step is not None:
-      # TensorBoard discards events of earlier files with step >= this START event's step
-      # (the "purge_step" mechanism), i.e. whatever a crashed run logged after its checkpoint.
-      self._writer.add_event(event_pb2.Event(
-          wall_time=time.time(), step=resume_step + 1,
-          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    # TensorBoard discards events of earlier files with step >= a START event's step (the
+    # "purge_step" mechanism): for a resumed run, whatever a crashed run logged after its
+    # checkpoint. Every file starts with one, because TensorBoard's Python loader
+    # (--load_fast=false) ignores the first START of a run and purges only at later ones; the
+    # default Rust loader purges at each. A new run's START at step 0 purges nothing but a
+    # restart-from-scratch's abandoned events.
+    self._writer.add_event(event_pb2.Event(
+        wall_time=time.time(), step=0 if resume_step is None else resume_step + 1,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def write(self, step: int, values: Mapping[str, float], wall_time: float) -> None:
     summary = self._summary_pb2.Summary(value=[
         self._summary_pb2.Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+    self._add(step, summary, wall_time)
+
+  def write_text(self, step: int, tag: str, markdown: str, wall_time: float) -> None:
+    """One text-plugin summary (what tf.summary.text writes): a scalar string tensor."""
+    metadata = self._text_metadata.create_summary_metadata(display_name=tag, description='')
+    summary = self._summary_pb2.Summary(value=[self._summary_pb2.Summary.Value(
+        tag=tag, metadata=metadata, tensor=self._tensor_util.make_tensor_proto(markdown))])
+    self._add(step, summary, wall_time)
+
+  def _add(self, step: int, summary, wall_time: float) -> None:
     self._writer.add_event(self._event_pb2.Event(wall_time=wall_time, step=step, summary=summary))
     self._writer.flush()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import matplotlib.colors
+from matplotlib.figure import Figure
 import numpy as np
 import pytest
 
@@ -160,21 +161,21 @@ def test_compare(tmp_path, monkeypatch):
   _fake_run(tmp_path / 'run_lstm', 'none', 1.0, results=True)
   _fake_run(tmp_path / 'run_bn', 'batch', 0.1, results=False, extra={'val/bpc': 2.0})
   out = tmp_path / 'out'
-  figures = []  # every figure as it is closed: (title, {legend label: line color})
-  close = compare.plt.close
+  figures = []  # every figure as it is saved: (title, {legend label: line color})
+  savefig = Figure.savefig
 
-  def spy(fig=None):
-    if fig is not None:
-      figures.append((fig.axes[0].get_title(), {
-          line.get_label(): matplotlib.colors.to_hex(line.get_color())
-          for line in fig.axes[0].get_lines()}))
-    close(fig)
+  def spy(fig, *args, **kwargs):
+    figures.append((fig.axes[0].get_title(), {
+        line.get_label(): matplotlib.colors.to_hex(line.get_color())
+        for line in fig.axes[0].get_lines()}))
+    return savefig(fig, *args, **kwargs)
 
-  monkeypatch.setattr(compare.plt, 'close', spy)
+  monkeypatch.setattr(Figure, 'savefig', spy)
   pngs = compare.compare([str(tmp_path / 'run_lstm'), str(tmp_path / 'run_bn')], str(out))
   assert set(pngs) == {'train/loss', 'train/acc', 'val/loss', 'val_batch/error', 'val/bpc'}
   assert (out / 'train_loss.png').exists() and (out / 'val_loss.png').exists()
   assert pngs['val_batch/error'] is None  # only nulls: nothing to draw
+  assert not (out / 'val_batch_error.png').exists()
   summary = (out / 'summary.md').read_text()
   assert 'run_lstm' in summary and 'run_bn' in summary
   assert '| run_lstm | digits | none | 1 | 3 | 0.9 | 0.3 | 12.5 |' in summary

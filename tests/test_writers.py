@@ -13,7 +13,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
 
 from normrnn import writers
 from normrnn.writers import MetricWriter, read_metrics
@@ -252,3 +252,92 @@ def test_tensorboard_scalars_readable(tmp_path):
   assert [(e.step, e.value) for e in acc.Scalars('train/loss')] == [(1, 1.0), (2, 2.0), (3, 30.0)]
   assert all(math.isnan(e.value) for e in acc.Scalars('val/bpc'))
   assert os.listdir(tmp_path / 'tensorboard')
+
+
+def _tensorboard(tmp_path):
+  acc = event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+  acc.Reload()
+  return acc
+
+
+def _text(acc, tag):
+  """[(step, text)] of a text-plugin summary."""
+  return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
+
+
+FINAL = {'test/acc': 0.9444, 'test/loss': 0.2307, 'val_final/acc': 0.9333,
+         'test_batch/acc': 0.95, 'test_stream/bpc': float('nan')}
+
+
+def test_final_metrics_are_one_tensorboard_text_not_scalar_cards(tmp_path):
+  """TensorBoard's Time Series dashboard expands only the first two tag groups in name order, so
+  single-point test/ scalars would open before train/: the final numbers go to a text table."""
+  with make_writer(tmp_path, tensorboard=True) as writer:
+    for step in (50, 100):
+      writer.write(step, {'train/loss': 1.0 / step, 'train/acc': 0.5})
+      writer.write(step, {'val/error': 0.3, 'val_batch/error': 0.2})
+    writer.write_final(100, FINAL)
+  acc = _tensorboard(tmp_path)
+  assert sorted(acc.Tags()['scalars']) == ['train/acc', 'train/loss', 'val/error',
+                                           'val_batch/error']
+  assert acc.SummaryMetadata('results').plugin_data.plugin_name == 'text'
+  [(step, text)] = _text(acc, 'results')
+  assert step == 100 and text.startswith('Final metrics at step 100')
+  lines = text.splitlines()
+  assert lines[2:] == ['| | acc | loss | bpc |', '|---|---|---|---|',
+                       '| test | 0.9444 | 0.2307 | - |', '| val_final | 0.9333 | - | - |',
+                       '| test_batch | 0.95 | - | - |', '| test_stream | - | - | nan |']
+  # metrics.jsonl: the final numbers are one more line with exactly their keys.
+  records = read_metrics(tmp_path / 'metrics.jsonl')
+  assert len(records) == 5 and records[-1]['step'] == 100
+  assert set(records[-1]) - {'step', 'time'} == set(FINAL)
+  assert records[-1]['test/acc'] == 0.9444 and math.isnan(records[-1]['test_stream/bpc'])
+
+
+def test_final_metrics_text_is_purged_on_resume(tmp_path):
+  with make_writer(tmp_path, tensorboard=True) as writer:
+    writer.write(2, {'train/loss': 2.0})
+    writer.write(3, {'train/loss': 3.0})
+    writer.write_final(3, {'test/acc': 0.5})
+  # A crash after the final numbers but before the run was marked finished: resumed from 2.
+  with make_writer(tmp_path, tensorboard=True, resume_step=2) as writer:
+    writer.write(3, {'train/loss': 30.0})
+    writer.write_final(3, {'test/acc': 0.75})
+  # The loader of `tensorboard --load_fast=false` (the default Rust loader purges alike; the
+  # legacy EventAccumulator purges scalars only). It ignores a run's first START event, hence
+  # the START that every new event file begins with.
+  acc = plugin_event_accumulator.EventAccumulator(str(tmp_path / 'tensorboard'))
+  acc.Reload()
+  assert [(e.step, e.tensor_proto.float_val[0]) for e in acc.Tensors('train/loss')] == [
+      (2, 2.0), (3, 30.0)]
+  [results] = acc.Tensors('results')
+  assert results.step == 3 and '| test | 0.75 |' in results.tensor_proto.string_val[0].decode()
+  assert sorted(acc.Tags()['tensors']) == ['results', 'train/loss']
+
+
+def test_wandb_write_final_logs_the_jsonl_keys_and_sets_the_summary(tmp_path, monkeypatch):
+  logged = []
+
+  class FakeRun:
+    summary = {}
+
+    def log(self, metrics, step):
+      logged.append((step, dict(metrics)))
+
+    def finish(self):
+      pass
+
+  monkeypatch.setattr(writers, '_init_wandb', lambda *a, **k: FakeRun())
+  with make_writer(tmp_path, wandb_mode='offline') as writer:
+    writer.write(7, {'train/loss': 2.0})
+    writer.write_final(7, {'test/acc': np.float32(0.5), 'val_final/acc': jnp.asarray(0.25)})
+  records = read_metrics(tmp_path / 'metrics.jsonl')
+  assert [step for step, _ in logged] == [7, 7]
+  for (_, metrics), record in zip(logged, records):
+    assert set(metrics) == set(record) - {'step', 'time'}
+  assert FakeRun.summary == {'test/acc': 0.5, 'val_final/acc': 0.25}
+
+
+def test_write_final_checks_keys_like_write(tmp_path):
+  with make_writer(tmp_path) as writer, pytest.raises(ValueError, match='slash-namespaced'):
+    writer.write_final(1, {'accuracy': 1.0})
