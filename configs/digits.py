@@ -17,10 +17,10 @@ from normrnn.norms import NORMS
 
 def get_config(arg=None):
   a = build.parse_arg(arg, norm='batch', size='cpu', gamma=-1.0, seed=0,
-                      pixel_order='scanline', data='')
+                      pixel_order='scanline', data='', select='population')
   build.check_choice('size', a.size, build.SIZES)
   smoke = a.size == 'smoke'
-  modes, select = build.eval_modes(a.norm)
+  modes, select = build.eval_modes(a.norm, a.select)
   return build.experiment(
       args=a, task='digits', paper='none (embedded sanity check)',
       data=build.data_section(config_file=__file__, name=a.data or 'digits', dir='',
@@ -36,7 +36,8 @@ def get_config(arg=None):
                                 eval_every=2 if smoke else 100,
                                 checkpoint_every=2 if smoke else 200),
       eval_=build.eval_section(select_metric=select, modes=modes, eval_batches=-1,
-                               reestimate_batches=-1, reestimate_batch_size=64),
+                               reestimate_batches=-1, reestimate_batch_size=64,
+                               val_reestimate_batches=8),
       wandb_group='digits')
 
 

@@ -25,24 +25,25 @@ VOCAB = 50
 
 
 def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=False):
-  a = build.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0, data='')
+  a = build.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0, data='',
+                      select='paper')
   build.check_choice('size', a.size, build.SIZES)
   if text8:
     paper = dict(data='text8', dir='data/text8', hidden=2000, batch=128, steps=195_000,
-                 every=500, lr=1e-3, seq_len=180, eval_batch=100, reest=(-1, 1000))
+                 every=500, lr=1e-3, seq_len=180, eval_batch=100, reest=(-1, 1000), val_reest=2)
   else:
     paper = dict(data='ptb_char', dir='data/ptb_char', hidden=1000, batch=64, steps=39_550,
-                 every=791, lr=2e-3, seq_len=100, eval_batch=100, reest=(-1, 100))
+                 every=791, lr=2e-3, seq_len=100, eval_batch=100, reest=(-1, 100), val_reest=10)
   sizes = dict(
       paper=dict(paper, eval_batches=-1),
       cpu=dict(data='ptb_char_valid', dir='../shared/data/ptb_char', hidden=256, batch=32,
                steps=1000, every=200, lr=2e-3, seq_len=paper['seq_len'], eval_batch=64,
-               reest=(32, 64), eval_batches=-1),
+               reest=(32, 64), val_reest=8, eval_batches=-1),
       smoke=dict(data='ptb_char_valid', dir='../shared/data/ptb_char', hidden=8, batch=4,
-                 steps=4, every=2, lr=2e-3, seq_len=12, eval_batch=8, reest=(1, 4),
+                 steps=4, every=2, lr=2e-3, seq_len=12, eval_batch=8, reest=(1, 4), val_reest=1,
                  eval_batches=1),
   )[a.size]
-  modes, select = build.eval_modes(a.norm)
+  modes, select = build.eval_modes(a.norm, a.select)
   return build.experiment(
       args=a, task=task, paper=f'Cooijmans et al. 2016, {paper_row}',
       data=build.data_section(config_file=__file__, name=a.data or sizes['data'], dir=sizes['dir'],
@@ -60,6 +61,7 @@ def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=Fal
                                eval_batches=sizes['eval_batches'],
                                reestimate_batches=sizes['reest'][0],
                                reestimate_batch_size=sizes['reest'][1],
+                               val_reestimate_batches=sizes['val_reest'],
                                full_stream=a.size != 'smoke' and not text8),
       wandb_group=f'cooijmans2016/{task}')
 

@@ -27,20 +27,20 @@ from normrnn.config import build
 def get_config(arg=None, *, pixel_order='scanline', task='smnist',
                paper_row='Table 1, MNIST'):
   a = build.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0,
-                      pixel_order=pixel_order, data='')
+                      pixel_order=pixel_order, data='', select='paper')
   build.check_choice('size', a.size, build.SIZES)
   build.check_choice('pixel_order', a.pixel_order, ('scanline', 'permuted', 'with_replacement'))
   sizes = dict(  # data, hidden, batch, steps, eval/ckpt every, eval batch, re-estimation batches
       paper=dict(data='mnist', dir='data/mnist', hidden=100, batch=100, steps=100_000, every=500,
-                 eval_batch=1000, reest=(10, 5000), eval_batches=-1),
+                 eval_batch=1000, reest=(10, 5000), val_reest=1, eval_batches=-1),
       cpu=dict(data='mnist10k', dir='../shared/data/mnist', hidden=100, batch=100, steps=1500,
-               every=250, eval_batch=500, reest=(16, 500), eval_batches=-1),
+               every=250, eval_batch=500, reest=(16, 500), val_reest=4, eval_batches=-1),
       smoke=dict(data='mnist10k', dir='../shared/data/mnist', hidden=8, batch=8, steps=4,
-                 every=2, eval_batch=16, reest=(1, 8), eval_batches=1),
+                 every=2, eval_batch=16, reest=(1, 8), val_reest=1, eval_batches=1),
   )[a.size]
   # The paper's noise on h_0 is for the unpermuted BN-LSTM only (zero-variance early steps).
   noise = 0.1 if (a.norm == 'batch' and a.pixel_order == 'scanline') else 0.0
-  modes, select = build.eval_modes(a.norm)
+  modes, select = build.eval_modes(a.norm, a.select)
   return build.experiment(
       args=a, task=task, paper=f'Cooijmans et al. 2016, {paper_row}',
       data=build.data_section(config_file=__file__, name=a.data or sizes['data'], dir=sizes['dir'],
@@ -57,7 +57,8 @@ def get_config(arg=None, *, pixel_order='scanline', task='smnist',
       eval_=build.eval_section(select_metric=select, modes=modes,
                                eval_batches=sizes['eval_batches'],
                                reestimate_batches=sizes['reest'][0],
-                               reestimate_batch_size=sizes['reest'][1]),
+                               reestimate_batch_size=sizes['reest'][1],
+                               val_reestimate_batches=sizes['val_reest']),
       wandb_group=f'cooijmans2016/{task}')
 
 

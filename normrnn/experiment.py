@@ -197,11 +197,20 @@ class Experiment:
     return losses.summarize(jax.device_get(sums), self.kind)
 
   def validate_metrics(self, params, batch_stats) -> dict:
-    """`val/...` (population statistics) and `val_batch/...` for every mode of eval.modes."""
+    """`val/...` (population statistics) and `val_batch/...` for every mode of eval.modes.
+
+    With eval.val_popstats='reestimate' the population statistics of `val/` are first
+    re-estimated from eval.val_reestimate_batches training batches (the model as it would be
+    deployed now); with 'ema' they are the running averages as they stand."""
     metrics = {}
-    for mode in self.config.eval.modes:
-      m = self.evaluate(params, batch_stats, 'valid', mode=mode,
-                        max_batches=self.config.eval.eval_batches)
+    e = self.config.eval
+    if 'population' in e.modes and e.val_popstats == 'reestimate':
+      population = self.reestimate(params, batch_stats, num_batches=e.val_reestimate_batches)
+    else:
+      population = batch_stats
+    for mode in e.modes:
+      m = self.evaluate(params, population if mode == 'population' else batch_stats, 'valid',
+                        mode=mode, max_batches=e.eval_batches)
       metrics.update({f'{EVAL_PREFIX[mode]}/{k}': v for k, v in m.items()})
     return metrics
 

@@ -166,7 +166,7 @@ def restore(run: Run | str, *, which: str = 'best', data_dir: str | None = None)
   for i, sub in enumerate(directories):
     if not os.path.isdir(os.path.join(run.path, sub)):
       continue
-    ckpt = Checkpointer(os.path.join(run.path, sub), max_to_keep=100)
+    ckpt = Checkpointer(os.path.join(run.path, sub), max_to_keep=100, read_only=True)
     step = ckpt.latest_step()
     if step is not None:
       if i > 0 and which == 'best':

@@ -4,8 +4,12 @@ Any config field can be overridden with --config.<a>.<b>=<value> (ml_collections
 the config is locked, so a misspelt field fails instead of being ignored). Rerunning the same
 command on a workdir with checkpoints resumes from the latest one.
 
-A bad config or missing data fails before anything is written or compiled, with one line on
-stderr (field, value, valid choices) and exit code 2; --verbose shows the traceback instead.
+A bad config, missing data or an unwritable workdir fails before anything is written or
+compiled, with one line on stderr (field, value, valid choices; or path and what to do) and exit
+code 2; --verbose shows the traceback instead. A full disk during training ends the same way, with
+the last complete checkpoint kept for the rerun. The INFO logs of jax, orbax and absl are hidden
+unless --library_logs is given: stderr holds the progress bar, one line per evaluation, the
+resume line and the final summary.
 """
 from __future__ import annotations
 
@@ -13,21 +17,24 @@ import difflib
 import re
 import sys
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from normrnn import parallel
 from normrnn.config import ConfigError, load_config
 from normrnn.data import DataError
+from normrnn.storage import StorageError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file[:argument].',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
 flags.DEFINE_bool('verbose', False, 'Show the full traceback of configuration and data errors.')
+flags.DEFINE_bool('library_logs', False,
+                  'Show the INFO log lines of jax, orbax and absl (hidden by default).')
 
 USAGE = ('usage: python -m normrnn.train --config=configs/<task>.py[:<arg>] --workdir=<dir> '
-         '[--config.<field>=<value> ...] [--verbose]')
+         '[--config.<field>=<value> ...] [--verbose] [--library_logs]')
 
 
 def _one_line(err: BaseException) -> tuple[str, str]:
@@ -101,11 +108,14 @@ def main(argv=None) -> int:
       raise flags.Error(f'unexpected arguments: {" ".join(rest[1:])}')
     if FLAGS.config is None or FLAGS.workdir is None:
       raise flags.Error('--config and --workdir are required')
+    if FLAGS.library_logs:
+      logging.use_absl_handler()
+      logging.set_verbosity(logging.INFO)
     if FLAGS.config.train.distributed:  # before anything touches jax (multi-host)
       parallel.initialize_distributed()
     from normrnn import trainer  # pylint: disable=g-import-not-at-top
     results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (flags.Error, ConfigError, DataError) as err:
+  except (flags.Error, ConfigError, DataError, StorageError) as err:
     if verbose:
       raise
     kind, message = _one_line(err)

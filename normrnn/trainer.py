@@ -28,6 +28,7 @@ from normrnn.checkpoint import Checkpointer
 from normrnn.config.schema import check_resume
 from normrnn.experiment import Experiment, TrainState, params_digest  # noqa: F401 (re-export)
 from normrnn.jsonio import write_json_atomic
+from normrnn.storage import check_writable, storage_errors
 from normrnn.writers import MetricWriter
 
 
@@ -64,17 +65,45 @@ def _place_batch(batch, *, mesh):
   return parallel.shard_batch(batch, mesh)
 
 
+WALL_TIME_FILE = 'wall_time.json'  # {step: training wall time in seconds up to that checkpoint}
+
+
+def _wall_time_before(workdir: str, step: int) -> float:
+  """Wall time of the earlier segments of a resumed run, up to the checkpoint at `step` (0 for
+  runs written before the file existed)."""
+  path = os.path.join(workdir, WALL_TIME_FILE)
+  if not os.path.exists(path):
+    return 0.0
+  with open(path, encoding='utf-8') as f:
+    return float(json.load(f).get(str(step), 0.0))
+
+
+def _record_wall_time(workdir: str, step: int, seconds: float) -> None:
+  path = os.path.join(workdir, WALL_TIME_FILE)
+  table = {}
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      table = json.load(f)
+  table[str(step)] = round(seconds, 3)
+  write_json_atomic(path, table)
+
+
+def _fmt(metrics: dict, keys) -> str:
+  return ', '.join(f'{k} {metrics[k]:.4f}' for k in keys if k in metrics)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, evaluates and writes results.json; returns the results dict.
 
-  The config is validated (ConfigError) and the data read (DataError) before anything is
-  written to `workdir`.
+  The config is validated (ConfigError), the data read (DataError) and the workdir checked for
+  writing (StorageError) before anything is written or compiled. Console (stderr): the progress
+  bar, one line per evaluation, the resume line and a final summary line.
   """
   t0 = time.time()
   exp = Experiment.from_config(config)
-  task, model = exp.task, exp.model
+  check_writable(workdir)
+  task = exp.task
   state = exp.init_state()
-  os.makedirs(workdir, exist_ok=True)
 
   config_dict = json.loads(config.to_json())
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -83,12 +112,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_path = os.path.join(workdir, 'best.json')
   best = dict(step=None, value=float('inf'), metric=config.eval.select_metric)
   start = ckpt.latest_step()
+  earlier = 0.0  # wall time of the earlier segments of a resumed run
   if start is not None:
     check_resume(ckpt.saved_config(), config_dict)
     state = ckpt.restore(start, state)
     if os.path.exists(best_path):
       with open(best_path) as f:
         best = json.load(f)
+    earlier = _wall_time_before(workdir, start)
     print(f'Resuming from the checkpoint at step {start} in {workdir}', file=sys.stderr)
   writer = MetricWriter(workdir, config=config_dict, wandb_mode=config.wandb.mode,
                         wandb_project=config.wandb.project, wandb_group=config.wandb.group,
@@ -105,17 +136,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_step = parallel.jit_data_parallel(exp.train_step(), mesh, donate=True)
     exp.place = functools.partial(_place_batch, mesh=mesh)
   place = exp.place
+  num_steps = config.train.num_steps
+  first = int(state.step)
+  if first < num_steps:
+    # Compiled ahead, so that the progress bar's rate and ETA count training steps only.
+    train_step = train_step.lower(state, place(task.train_batch(first))).compile()
+
+  def elapsed():
+    return earlier + time.time() - t0
 
   def save(step):
-    ckpt.save(step, state, config=config_dict)
+    with storage_errors('a checkpoint', ckpt.directory, resume_step=ckpt.latest_step):
+      ckpt.save(step, state, config=config_dict)
+      _record_wall_time(workdir, step, elapsed())
 
   stop = _Stop()
   previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-  num_steps = config.train.num_steps
-  first = int(state.step)
   bar = tqdm(total=num_steps, initial=first, disable=not config.train.progress_bar,
              dynamic_ncols=True, desc=f'{config.task}/{config.model.norm.name}')
   window_start, acc, acc_n = first, None, 0
+  headline = [config.eval.select_metric] + [
+      k for k in ('val/error', 'val/bpc', 'val_batch/error', 'val_batch/bpc', 'val/loss')
+      if k != config.eval.select_metric]
   try:
     for step in range(first + 1, num_steps + 1):
       state, metrics = train_step(state, place(task.train_batch(step - 1)))
@@ -134,18 +176,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      host['correct'] if task.kind == 'classify' else host['loss'] / losses.LN2,
                  'train/grad_norm': host['grad_norm'], 'train/update_norm': host['update_norm'],
                  'train/param_norm': host['param_norm']}
-        writer.write(step, named)
+        with storage_errors('metrics', workdir, resume_step=ckpt.latest_step()):
+          writer.write(step, named)
         bar.set_postfix({k.split('/')[1]: f'{v:.4g}' for k, v in list(named.items())[:2]})
         acc, acc_n, window_start = None, 0, step
       if step % config.train.eval_every_steps == 0 or step == num_steps:
         metrics = exp.validate_metrics(state.params, state.batch_stats)
-        writer.write(step, metrics)
         value = metrics[config.eval.select_metric]
-        if value < best['value']:
-          best = dict(step=step, value=value, metric=config.eval.select_metric)
-          best_ckpt.save(step, state, config=config_dict)
-          write_json_atomic(best_path, best)
-        bar.set_postfix({config.eval.select_metric: f'{value:.4g}'})
+        improved = value < best['value']
+        with storage_errors('metrics', workdir, resume_step=ckpt.latest_step()):
+          writer.write(step, metrics)
+          if improved:
+            best = dict(step=step, value=value, metric=config.eval.select_metric)
+            best_ckpt.save(step, state, config=config_dict)
+            write_json_atomic(best_path, best)
+        bar.write(f'step {step}: {_fmt(metrics, headline[:3])}'
+                  + (' (best so far)' if improved else ''), file=sys.stderr)
       if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
         save(step)
       if stop.signal is not None:
@@ -166,17 +212,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if best['step'] is not None and best['step'] != int(state.step):
     final = best_ckpt.restore(best['step'], state)
   results_metrics = exp.final_metrics(final.params, final.batch_stats)
-  writer.write(int(state.step), results_metrics)
   results = dict(
       task=config.task, paper=config.paper, norm=config.model.norm.name,
       gamma_init=config.model.norm.gamma_init, metrics=results_metrics,
       best_step=best['step'], best=best, final_step=int(state.step),
-      popstats=config.eval.popstats, wall_time_s=time.time() - t0, hardware=_hardware(),
+      popstats=config.eval.popstats, wall_time_s=elapsed(), hardware=_hardware(),
       data=task.describe(), params_digest=params_digest(final.params),
       command=' '.join(sys.argv))
-  write_json_atomic(os.path.join(workdir, 'results.json'), results)
-  writer.summary(results_metrics)
+  with storage_errors('the results', workdir, resume_step=ckpt.latest_step()):
+    writer.write_final(int(state.step), results_metrics)
+    write_json_atomic(os.path.join(workdir, 'results.json'), results)
   writer.close()
   ckpt.close()
   best_ckpt.close()
+  keys = [k for k in ('test_stream/bpc', 'test/bpc', 'test/acc', 'test/loss', 'test_batch/acc',
+                      'test_batch/bpc') if k in results_metrics]
+  print(f'{config.task}/{config.model.norm.name}: {_fmt(results_metrics, keys[:3])} (model of '
+        f'step {best["step"]}, {results["wall_time_s"]:.0f} s); results in '
+        f'{os.path.join(workdir, "results.json")}', file=sys.stderr)
   return results

@@ -75,9 +75,13 @@ def test_interrupted_run_resumes_exactly(tmp_path):
   full = trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 6}), str(tmp_path / 'a'))
   # "Interrupted" after 4 steps (its last checkpoint), then the same command with 6 steps.
   trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 4}), str(tmp_path / 'b'))
+  first = json.loads((tmp_path / 'b' / 'wall_time.json').read_text())['4']
   resumed = trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 6}),
                                        str(tmp_path / 'b'))
   assert resumed['params_digest'] == full['params_digest']
+  # Wall time counts every segment: the first one (up to its checkpoint) and the resumed one.
+  assert first > 0 and resumed['wall_time_s'] > first
+  assert json.loads((tmp_path / 'b' / 'wall_time.json').read_text())['6'] > first
   steps = [r['step'] for r in _read_jsonl(tmp_path / 'b' / 'metrics.jsonl') if 'train/loss' in r]
   assert steps == sorted(steps) and steps[-1] == 6
 
@@ -144,3 +148,65 @@ def test_saved_config_without_later_fields_resumes_and_is_upgraded():
   old['model']['hidden'] = 99
   with pytest.raises(config_schema.ConfigError, match='model.hidden'):
     config_schema.check_resume(old, current)
+
+
+def test_population_statistics_are_usable_from_the_first_evaluation(tmp_path):
+  """val/ (population statistics re-estimated from a few training batches before each evaluation,
+  the default) agrees with val_batch/ at step 100 of the digits BN-LSTM; the authors' plain running
+  averages (eval.val_popstats='ema', init mean 0 / var 1, rate 0.05) still lag far behind there."""
+  errors = {}
+  for popstats in ('reestimate', 'ema'):
+    config = digits.get_config('norm=batch')
+    config.train.num_steps = 100
+    config.train.progress_bar = False
+    config.eval.val_popstats = popstats
+    trainer.train_and_evaluate(config, str(tmp_path / popstats))
+    record = [r for r in _read_jsonl(tmp_path / popstats / 'metrics.jsonl') if 'val/error' in r][0]
+    assert record['step'] == 100
+    errors[popstats] = (record['val/error'], record['val_batch/error'])
+  population, batch = errors['reestimate']
+  assert abs(population - batch) < 0.05, errors
+  ema, batch_ema = errors['ema']
+  assert batch_ema == batch  # the same training run; only the val/ statistics differ
+  assert ema > batch + 0.3, errors
+
+
+def test_selection_metric_is_the_same_for_every_scheme_by_default():
+  for name in NORMS:
+    assert digits.get_config(f'norm={name}').eval.select_metric == 'val/error'
+  # The paper configs keep the authors' protocol: batch-statistics validation for the BN family.
+  assert smnist.get_config('norm=batch').eval.select_metric == 'val_batch/error'
+  assert ptb_char.get_config('norm=batch_input').eval.select_metric == 'val_batch/error'
+  assert ptb_char.get_config('norm=layer').eval.select_metric == 'val/error'
+  assert digits.get_config('norm=batch,select=paper').eval.select_metric == 'val_batch/error'
+
+
+def test_full_disk_during_training_fails_with_one_line_and_the_rerun_resumes(tmp_path,
+                                                                            monkeypatch):
+  """ENOSPC in orbax's own writes of the step-4 checkpoint: one StorageError naming the directory
+  and the step to resume from; no leftover is taken for a checkpoint; the rerun finishes with the
+  parameters of an uninterrupted run."""
+  from normrnn.storage import StorageError
+  from tests.test_storage import DiskFull
+  full = trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 6}), str(tmp_path / 'a'))
+  checkpoints = tmp_path / 'b' / 'checkpoints'
+  real_save = trainer.Checkpointer.save
+
+  def save(self, step, state, **kwargs):
+    if step == 4 and self.directory == str(checkpoints):
+      with monkeypatch.context() as m:
+        DiskFull(m, checkpoints)
+        return real_save(self, step, state, **kwargs)
+    return real_save(self, step, state, **kwargs)
+
+  monkeypatch.setattr(trainer.Checkpointer, 'save', save)
+  with pytest.raises(StorageError) as info:
+    trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 6}), str(tmp_path / 'b'))
+  message = str(info.value)
+  assert '\n' not in message and 'No space left on device' in message
+  assert str(checkpoints) in message and 'resumes from the checkpoint at step 2' in message
+  assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ['2']
+  monkeypatch.setattr(trainer.Checkpointer, 'save', real_save)
+  resumed = trainer.train_and_evaluate(_smoke(digits, **{'train.num_steps': 6}),
+                                       str(tmp_path / 'b'))
+  assert resumed['params_digest'] == full['params_digest']

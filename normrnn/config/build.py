@@ -121,13 +121,21 @@ def train_section(*, num_steps: int, log_every: int, eval_every: int, checkpoint
 
 
 def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: int,
-                 reestimate_batch_size: int, modes=('population', 'batch'), full_stream=False):
+                 reestimate_batch_size: int, val_reestimate_batches: int,
+                 modes=('population', 'batch'), full_stream=False):
   return ml_collections.ConfigDict(dict(
       # 'population' = population statistics ('val/...'); 'batch' = batch statistics
       # ('val_batch/...'). The paper selects the model on validation error with batch statistics.
       modes=modes,
       select_metric=select_metric,
       eval_batches=eval_batches,   # batches per validation pass (-1 = the whole split)
+      # Population statistics of the `val/` evaluations during training: 'reestimate' = re-
+      # estimated from the first `val_reestimate_batches` training batches (of
+      # `reestimate_batch_size`) before each evaluation, so `val/` is the deployable model from
+      # the first evaluation on; 'ema' = the running averages as they stand (the authors' code:
+      # initialized at mean 0 / var 1, they lag for thousands of steps at small rates).
+      val_popstats='reestimate',
+      val_reestimate_batches=val_reestimate_batches,
       # Before the final test evaluation, population statistics are re-estimated as the plain
       # average of per-batch statistics over training batches
       # (docs/method.md, "Population statistics"); 'ema' keeps the running averages instead.
@@ -166,12 +174,22 @@ def experiment(*, args, task: str, paper: str, data, model, optimizer, train, ev
   return config
 
 
-def eval_modes(norm: str):
-  """('population', 'batch') for batch-statistic schemes, else ('population',), with the
-  matching selection metric (the paper: validation error with batch statistics)."""
+SELECTIONS = ('population', 'paper')
+
+
+def eval_modes(norm: str, selection: str = 'population'):
+  """(eval.modes, eval.select_metric) for a scheme.
+
+  Modes: ('population', 'batch') for batch-statistic schemes, else ('population',).
+  Selection: 'population' selects every scheme on `val/error` (population statistics: the model
+  as it will be deployed, comparable across schemes); 'paper' is the authors' protocol, which
+  selects the batch-statistic schemes on `val_batch/error` (batch statistics) and the others on
+  `val/error`.
+  """
   check_choice('norm', norm, tuple(NORMS))
+  check_choice('select', selection, SELECTIONS)
   if get_scheme(norm).batch_statistics:
-    return ('population', 'batch'), 'val_batch/error'
+    return ('population', 'batch'), ('val_batch/error' if selection == 'paper' else 'val/error')
   return ('population',), 'val/error'
 
 

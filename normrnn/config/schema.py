@@ -23,8 +23,9 @@ SECTIONS = {
                   'adam_b2', 'adam_eps'),
     'train': ('num_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
               'keep_checkpoints', 'progress_bar', 'num_devices', 'distributed'),
-    'eval': ('modes', 'select_metric', 'eval_batches', 'popstats', 'reestimate_batches',
-             'reestimate_batch_size', 'full_stream', 'stream_chunk'),
+    'eval': ('modes', 'select_metric', 'eval_batches', 'val_popstats', 'val_reestimate_batches',
+             'popstats', 'reestimate_batches', 'reestimate_batch_size', 'full_stream',
+             'stream_chunk'),
     'wandb': ('mode', 'project', 'group', 'name', 'tags', 'init_timeout_s', 'tensorboard'),
 }
 TOP_LEVEL = ('task', 'paper', 'seed', 'data', 'model', 'optimizer', 'train', 'eval', 'wandb')
@@ -42,13 +43,15 @@ RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every_steps', 'train.eval_eve
                      'data.dir', 'data.download', 'wandb.mode', 'wandb.name', 'wandb.tags',
                      'wandb.init_timeout_s', 'wandb.tensorboard')
 
-# Fields added after runs were already saved, with the value that reproduces what those runs did.
-# None of them changes the computed values (speed/placement only), so a saved config.json that
-# lacks them is read as if it had these values (`upgrade_saved_config`).
+# Fields added after runs were already saved, with the value that reproduces what those runs did,
+# so a saved config.json that lacks them is read as if it had these values
+# (`upgrade_saved_config`) and such a run resumes exactly as it was.
 ADDED_FIELDS = {
     'model.hoist_input': True,     # before: the input term was always hoisted
     'train.num_devices': 1,        # before: always one device
     'train.distributed': False,
+    'eval.val_popstats': 'ema',    # before: val/ used the running averages
+    'eval.val_reestimate_batches': 1,
 }
 
 
@@ -226,6 +229,8 @@ def validate(config, *, device_count: int | None = None) -> None:
   _choice('eval.select_metric', e.select_metric, select_metrics(e.modes))
   _positive('eval.eval_batches', e.eval_batches, allow_minus_one=True)
   _choice('eval.popstats', e.popstats, POPSTATS)
+  _choice('eval.val_popstats', e.val_popstats, POPSTATS)
+  _positive('eval.val_reestimate_batches', e.val_reestimate_batches)
   _positive('eval.reestimate_batches', e.reestimate_batches, allow_minus_one=True)
   _positive('eval.reestimate_batch_size', e.reestimate_batch_size)
   _positive('eval.stream_chunk', e.stream_chunk)
