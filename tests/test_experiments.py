@@ -39,6 +39,19 @@ def random_mnist(tmp_path) -> Path:
   return d
 
 
+@pytest.fixture
+def black_start_mnist(tmp_path) -> Path:
+  """t10k files of 16 random images whose first two rows (56 pixels) are black in every image,
+  as the leading ~65 pixels of real MNIST test images are."""
+  d = tmp_path / 'black_mnist'
+  d.mkdir()
+  images = np.random.default_rng(0).integers(0, 256, (16, 28, 28))
+  images[:, :2] = 0
+  write_idx(d / 't10k-images-idx3-ubyte.gz', images)
+  write_idx(d / 't10k-labels-idx1-ubyte.gz', np.arange(16) % 10)
+  return d
+
+
 def _reference_grads(params, x, y, eps=1e-5):
   """dL/dh_t for every t and dL/dh_T, by hand in float64 numpy (no autodiff): a plain loop
   h_t = tanh(gamma * (a_t - mean) / sqrt(var + eps) + beta), a_t = W_x x_t + W_h h_{t-1} + b,
@@ -71,9 +84,10 @@ def _reference_grads(params, x, y, eps=1e-5):
 
 
 def test_gradient_flow_matches_a_plain_loop(tmp_path, random_mnist):
+  # The reference loop has no h_0 noise, so both sides run with h_0 = 0 exactly.
   batch, length, gammas = 8, 20, (0.1, 1.0)
   result = gradient_flow.run(str(tmp_path / 'out'), str(random_mnist), batch, length, gammas,
-                             progress=False)
+                             h0_noise=0.0, progress=False)
   saved = json.loads((tmp_path / 'out' / 'gradient_flow.json').read_text())
   assert (tmp_path / 'out' / 'gradient_flow.png').stat().st_size > 0
   for key in ('gammas', 't', 'log10_grad_norm', 'paper', 'command', 'data', 'notes'):
@@ -86,7 +100,7 @@ def test_gradient_flow_matches_a_plain_loop(tmp_path, random_mnist):
   for gamma in gammas:
     curve = saved['log10_grad_norm'][gradient_flow.gamma_key(gamma)]
     assert len(curve) == length and all(v is not None and math.isfinite(v) for v in curve)
-    model = gradient_flow.build_model(gamma, 100, 784)
+    model = gradient_flow.build_model(gamma, 100, 784, h0_noise=0.0)
     variables = gradient_flow.init_variables(model, x, 0)  # as run() does (cached compile)
     np.testing.assert_allclose(
         variables['params']['rnn']['layer_0']['cell']['sum_norm']['gamma'], gamma, rtol=1e-7)
@@ -115,19 +129,58 @@ def test_gradient_flow_nonfinite_values_become_null():
       2e-30, rel=1e-6)
 
 
+def test_gradient_flow_crossings_beside_the_paper():
+  curves = {'0.1': [-3.0, -2.9, -2.0], '0.2': [-3.0, None, -2.0], '1.0': [None, -30.0, -2.0]}
+  nonfinite = {'0.1': {}, '0.2': {'nan': [1]}, '1.0': {'zero': [0]}}
+  c = gradient_flow.crossings(curves, nonfinite)
+  assert c['0.1'] == {'ours': None, 'paper': None, 'paper_read': True, 'nan_or_inf': False,
+                      'log10_min': -3.0, 'log10_max': -2.0}
+  assert c['0.2']['nan_or_inf'] and not c['0.2']['paper_read']  # 0.2 not read off the paper
+  assert (c['1.0']['ours'], c['1.0']['paper'], c['1.0']['paper_read']) == (1, 656, True)
+  assert not c['1.0']['nan_or_inf']  # an underflow to 0 is not an overflow
+
+
+def test_gradient_flow_default_h0_noise(tmp_path, black_start_mnist):
+  """The default (h_0 noise 0.1) has no NaN/inf over identical leading black pixels; the
+  zero-noise variant still runs and overflows only there (zero batch variance, P16)."""
+  assert gradient_flow.make_parser().parse_args(['--workdir', 'x']).h0_noise == 0.1
+  batch, length, gammas = 8, 64, (0.1, 1.0)
+  noisy = gradient_flow.run(str(tmp_path / 'noise'), str(black_start_mnist), batch, length,
+                            gammas, progress=False)
+  saved = json.loads((tmp_path / 'noise' / 'gradient_flow.json').read_text())
+  assert saved['model']['h0_noise'] == 0.1 and '--h0-noise 0.1' in saved['command']
+  assert saved['data']['first_step_with_batch_variance'] == 56
+  assert set(saved['crossing_1e-26']) == {'0.1', '1.0'}
+  assert saved['crossing_1e-26']['1.0']['paper'] == 656
+  for key in ('0.1', '1.0'):
+    assert not saved['crossing_1e-26'][key]['nan_or_inf']
+    assert not {'nan', 'inf'} & set(saved['nonfinite_t'][key])
+    assert all(v is not None for v in noisy['log10_grad_norm'][key])
+  plain = gradient_flow.run(str(tmp_path / 'plain'), str(black_start_mnist), batch, length,
+                            gammas, h0_noise=0.0, progress=False)
+  assert '--h0-noise 0.0' in plain['command']
+  for key in ('0.1', '1.0'):
+    assert plain['crossing_1e-26'][key]['nan_or_inf']
+    bad = plain['nonfinite_t'][key].get('nan', []) + plain['nonfinite_t'][key].get('inf', [])
+    assert bad and max(bad) < 56
+
+
 @pytest.mark.skipif(not SHARED_MNIST.exists(), reason='needs ../shared/data/mnist')
 def test_gradient_flow_real_mnist(tmp_path):
-  """The paper's setting (784 steps, 100 test images) with gamma 0.1 and 1.0."""
+  """The paper's setting (784 steps, 100 test images, h_0 noise 0.1) with gamma 0.1 and 1.0."""
   r = gradient_flow.run(str(tmp_path), str(SHARED_MNIST), 100, 784, (0.1, 1.0), progress=False)
+  assert r['data']['first_step_with_batch_variance'] == 65  # the leading black pixels
   g01, g10 = r['log10_grad_norm']['0.1'], r['log10_grad_norm']['1.0']
   assert g01[783] == pytest.approx(-2.0, abs=0.1) and g10[783] == pytest.approx(-2.0, abs=0.1)
-  assert all(-3.5 < v < -1.5 for v in g01[200:])       # gamma 0.1: roughly flat near 1e-3
-  assert g10[400] < -20 and g10[600] < g01[600] - 10    # gamma 1.0: vanishes going back
-  # Non-finite values only where all 100 images have seen only zero pixels (zero variance).
-  first = r['data']['first_step_with_batch_variance']
-  assert first == 65
+  assert all(v is not None and -3.5 < v < -1.5 for v in g01)  # gamma 0.1: flat near 1e-3
+  assert g10[600] < -26                                       # gamma 1.0: vanishes going back
+  c = r['crossing_1e-26']
+  assert not c['0.1']['nan_or_inf'] and not c['1.0']['nan_or_inf']
+  assert c['0.1']['ours'] is None and c['0.1']['log10_max'] < -1.5
+  # gamma 1.0 drops below the paper's 1e-26 near where the paper's does (656).
+  assert c['1.0']['paper'] == 656 and 600 <= c['1.0']['ours'] <= 700
   for kinds in r['nonfinite_t'].values():
-    assert all(t < first for ts in kinds.values() for t in ts)
+    assert set(kinds) <= {'zero'}  # only float32 underflow, far below the paper's axis
 
 
 # --- tanh_grad (Fig. 4b) ---------------------------------------------------------------------
