@@ -5,8 +5,9 @@ BN-LSTM, same inits and optimizer family as sequential MNIST) on real images tha
 scikit-learn (1,797 images split 1437/180/180). `python scripts/quickstart.py` runs it for
 `none` and `batch` and prints the table.
 
-Commands:
+Commands (argument keys: norm, cell, size, gamma, seed, pixel_order, data, select):
   python -m normrnn.train --config=configs/digits.py:norm=batch --workdir=runs/digits_bn
+  python -m normrnn.train --config=configs/digits.py:norm=batch,cell=gru --workdir=runs/digits_bngru
   python scripts/quickstart.py --workdir runs/quickstart
 Runtime: ~10-45 s per run on 2 CPU cores. Expected (seed 0, 2026-11-30): LSTM 73.3%, BN-LSTM
 94.4% test accuracy (see README; a few of the 180 test images move with float-level changes).
@@ -16,9 +17,10 @@ from normrnn.norms import NORMS
 
 
 def get_config(arg=None):
-  a = build.parse_arg(arg, norm='batch', size='cpu', gamma=-1.0, seed=0,
+  a = build.parse_arg(arg, norm='batch', cell='lstm', size='cpu', gamma=-1.0, seed=0,
                       pixel_order='scanline', data='', select='population')
   build.check_choice('size', a.size, build.SIZES)
+  build.check_choice('cell', a.cell, build.TASK_CELLS)
   smoke = a.size == 'smoke'
   modes, select = build.eval_modes(a.norm, a.select)
   return build.experiment(
@@ -27,7 +29,7 @@ def get_config(arg=None):
                               pixel_order=a.pixel_order, seq_len=64, batch_size=64,
                               eval_batch_size=180),
       model=build.model_section(
-          cell='lstm', hoist_input=False, remat=False,
+          cell=a.cell, hoist_input=False, remat=False,
           hidden=8 if smoke else 64, recurrent_init='identity_orthogonal',
           h0_noise=0.0,
           norm=build.norm_section(a.norm, gamma=a.gamma, max_time_steps=64, stats_rate=0.05)),

@@ -8,12 +8,14 @@ Adam 2e-3, clip 1.0, 50 epochs, segments of 100 characters (99 predictions, T_ma
 random offset each epoch, orthogonal init, gamma 0.1, EMA rate 0.05; selection on validation
 error with batch stats.
 
-Commands (argument keys: norm, size, gamma, seed, data):
+Commands (argument keys: norm, cell, size, gamma, seed, data, select;
+cell=lstm (default) or gru, docs/method.md, "GRU"):
   python -m normrnn.train --config=configs/ptb_char.py:norm=batch --workdir=runs/ptb_bn
   python -m normrnn.train --config=configs/ptb_char.py:norm=none --workdir=runs/ptb_lstm
   (ptb.char.{train,valid,test}.txt in data/ptb_char, or --config.data.download=True)
   CPU scale, ptb_char_valid (the PTB valid file split 90/5/5, ../shared/data/ptb_char):
   python -m normrnn.train --config=configs/ptb_char.py:norm=batch,size=cpu --workdir=runs/ptb_cpu_bn
+  GRU instead of LSTM: --config=configs/ptb_char.py:norm=layer,cell=gru,size=cpu
 
 Sizes: paper = 39,550 steps (50 epochs x 791), about 1.5 s/step on 2 CPU cores (~16 h), far less
 on a GPU; cpu = 256 units, 1,000 steps, ~10-15 min on 2 CPU cores; smoke = seconds.
@@ -25,9 +27,10 @@ VOCAB = 50
 
 
 def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=False):
-  a = build.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0, data='',
+  a = build.parse_arg(arg, norm='batch', cell='lstm', size='paper', gamma=-1.0, seed=0, data='',
                       select='paper')
   build.check_choice('size', a.size, build.SIZES)
+  build.check_choice('cell', a.cell, build.TASK_CELLS)
   if text8:
     paper = dict(data='text8', dir='data/text8', hidden=2000, batch=128, steps=195_000,
                  every=500, lr=1e-3, seq_len=180, eval_batch=100, reest=(-1, 1000), val_reest=2)
@@ -50,7 +53,7 @@ def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=Fal
                               seq_len=sizes['seq_len'], batch_size=sizes['batch'],
                               eval_batch_size=sizes['eval_batch']),
       model=build.model_section(
-          cell='lstm', hoist_input=False, remat=False,
+          cell=a.cell, hoist_input=False, remat=False,
           hidden=sizes['hidden'], recurrent_init='orthogonal', h0_noise=0.0,
           norm=build.norm_section(a.norm, gamma=a.gamma, max_time_steps=sizes['seq_len'] - 1,
                                   stats_rate=0.05)),

@@ -7,7 +7,8 @@ batch 100, RMSProp lr 1e-3 (Blocks rule, decay 0.5 as in the released code), glo
 (docs/method.md, "Initialization"), EMA rate 0.01. Model selection on validation error with
 batch statistics, once per epoch.
 
-Commands (argument keys: norm, size, gamma, seed, pixel_order, data):
+Commands (argument keys: norm, cell, size, gamma, seed, pixel_order, data, select;
+cell=lstm (default) or gru, docs/method.md, "GRU"):
   python -m normrnn.train --config=configs/smnist.py:norm=batch --workdir=runs/smnist_bn
   python -m normrnn.train --config=configs/smnist.py:norm=none --workdir=runs/smnist_lstm
   CPU scale, mnist10k (the official test set split 8000/1000/1000, ../shared/data/mnist):
@@ -26,9 +27,10 @@ from normrnn.config import build
 
 def get_config(arg=None, *, pixel_order='scanline', task='smnist',
                paper_row='Table 1, MNIST'):
-  a = build.parse_arg(arg, norm='batch', size='paper', gamma=-1.0, seed=0,
+  a = build.parse_arg(arg, norm='batch', cell='lstm', size='paper', gamma=-1.0, seed=0,
                       pixel_order=pixel_order, data='', select='paper')
   build.check_choice('size', a.size, build.SIZES)
+  build.check_choice('cell', a.cell, build.TASK_CELLS)
   build.check_choice('pixel_order', a.pixel_order, ('scanline', 'permuted', 'with_replacement'))
   sizes = dict(  # data, hidden, batch, steps, eval/ckpt every, eval batch, re-estimation batches
       paper=dict(data='mnist', dir='data/mnist', hidden=100, batch=100, steps=100_000, every=500,
@@ -38,7 +40,8 @@ def get_config(arg=None, *, pixel_order='scanline', task='smnist',
       smoke=dict(data='mnist10k', dir='../shared/data/mnist', hidden=8, batch=8, steps=4,
                  every=2, eval_batch=16, reest=(1, 8), val_reest=1, eval_batches=1),
   )[a.size]
-  # The paper's noise on h_0 is for the unpermuted BN-LSTM only (zero-variance early steps).
+  # The paper's noise on h_0 is for the unpermuted BN-LSTM only (zero-variance early steps; the
+  # same holds for the BN-GRU, which gets it too).
   noise = 0.1 if (a.norm == 'batch' and a.pixel_order == 'scanline') else 0.0
   modes, select = build.eval_modes(a.norm, a.select)
   return build.experiment(
@@ -47,7 +50,7 @@ def get_config(arg=None, *, pixel_order='scanline', task='smnist',
                               pixel_order=a.pixel_order, permutation_seed=1, seq_len=784,
                               batch_size=sizes['batch'], eval_batch_size=sizes['eval_batch']),
       model=build.model_section(
-          cell='lstm', hoist_input=False, remat=True,
+          cell=a.cell, hoist_input=False, remat=True,
           hidden=sizes['hidden'], recurrent_init='identity_orthogonal',
           h0_noise=noise, norm=build.norm_section(a.norm, gamma=a.gamma, max_time_steps=784,
                                                   stats_rate=0.01)),

@@ -22,7 +22,7 @@ class RNNSpec:
   the paper's LSTM settings (the task configs always write every field explicitly).
 
   Attributes:
-    cell: 'lstm' or 'tanh_rnn' (`normrnn.cells.CELLS`).
+    cell: 'lstm', 'gru' or 'tanh_rnn' (`normrnn.cells.CELLS`).
     hidden: units per layer.
     layers: number of stacked layers.
     norm: scheme name (`normrnn.norms.NORMS`).

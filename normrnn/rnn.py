@@ -72,14 +72,14 @@ import jax.numpy as jnp
 
 from normrnn import cells
 from normrnn.norms import NormOptions, get_scheme
+from normrnn.norms.scheme import CELL_SITES
 from normrnn.recurrent import Recurrent, reverse_valid
 
-_CELL_SITES = {'lstm': ('input', 'recurrent', 'cell'), 'tanh_rnn': ('sum',)}
 
 
 def _stats_kinds(scheme, cell: str) -> dict[str, str]:
   """{site: 'per_step' | 'shared'} for the sites of `cell` that keep population statistics."""
-  kinds = {site: getattr(scheme.site(site), 'stats_kind', None) for site in _CELL_SITES[cell]}
+  kinds = {site: getattr(scheme.site(site), 'stats_kind', None) for site in CELL_SITES[cell]}
   return {site: kind for site, kind in kinds.items() if kind is not None}
 
 
@@ -89,7 +89,7 @@ class NormRNN(nn.Module):
   Attributes:
     features: hidden units (the output size).
     norm: scheme name in `normrnn.norms.NORMS` ('batch', 'layer', 'none', ...).
-    cell: 'lstm' or 'tanh_rnn' (`normrnn.cells.CELLS`).
+    cell: 'lstm', 'gru' or 'tanh_rnn' (`normrnn.cells.CELLS`).
     options: the scheme's `NormOptions`; None = its declared defaults (`make_options()`: gain
       0.1 for the BN-type schemes, 1.0 for the others, eps 1e-5).
     max_time_steps: length of the per-step statistic tables; None = the length of the `init`

@@ -1,4 +1,4 @@
-"""An independent numpy implementation of every scheme's LSTM, written from the equations
+"""An independent numpy implementation of every scheme's LSTM and GRU, written from the equations
 (docs/method.md and each scheme's docstring), with a plain Python loop over
 time and over examples where the maths is per example. The tests compare normrnn against it.
 """
@@ -197,3 +197,49 @@ class LSTMReference:
         for stat, val in (('mean', mean), ('var', var)):
           new[f'{site}_{stat}'] = (1 - rate) * new[f'{site}_{stat}'] + rate * val
     return new
+
+
+class GRUReference(LSTMReference):
+  """The normalized GRU of docs/method.md ("GRU"), gate order [n, r, z], with the per-site
+  normalizations of LSTMReference at the input and recurrent sites (a GRU has no cell site):
+
+    (x_n, x_r, x_z) = N_x(W_x x_t),  (h_n, h_r, h_z) = N_h(W_h h_{t-1}),  (b_n, b_r, b_z) = b
+    r = sigmoid(x_r + h_r + b_r),  z = sigmoid(x_z + h_z + b_z)
+    n = tanh(x_n + b_n + r * (h_n + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}
+  """
+
+  def run(self, x, mask, *, train, reverse=False, noise=None):
+    """x [B, T, D], mask [B, T] -> outputs [B, T, H], final h [B, H]."""
+    x = np.asarray(x, np.float64)
+    mask = np.asarray(mask, np.float64)
+    lengths = mask.sum(1).astype(int)
+    if reverse:
+      x = reverse_valid_np(x, lengths)
+    B, T, _ = x.shape
+    H = self.p['h0'].shape[0]
+    ax = self.input_term(x, mask, train)
+    kh = self.kernel('kernel_h')
+    b = np.asarray(self.p['bias'], np.float64)
+    b_hn = np.asarray(self.p['bias_hn'], np.float64)
+    h = np.tile(np.asarray(self.p['h0'], np.float64), (B, 1))
+    if noise is not None:
+      h = h + noise
+    acc = {'recurrent': [(0, 0.0, 0.0)] * B}
+    outputs = np.zeros((B, T, H))
+    for t in range(T):
+      m = mask[:, t]
+      ah = self.step_norm('recurrent', self.kinds[1], h @ kh, m, t, train, h, acc)
+      x_n, x_r, x_z = ax[:, t, :H], ax[:, t, H:2 * H], ax[:, t, 2 * H:]
+      h_n, h_r, h_z = ah[:, :H], ah[:, H:2 * H], ah[:, 2 * H:]
+      with np.errstate(over='ignore'):  # the tests put huge garbage in padded (discarded) steps
+        r = sigmoid(x_r + h_r + b[H:2 * H])
+        z = sigmoid(x_z + h_z + b[2 * H:])
+      n = np.tanh(x_n + b[:H] + r * (h_n + b_hn))
+      h_new = (1 - z) * n + z * h
+      for i in range(B):
+        if m[i] > 0:
+          h[i] = h_new[i]
+          outputs[i, t] = h_new[i]
+    if reverse:
+      outputs = reverse_valid_np(outputs, lengths)
+    return outputs, h

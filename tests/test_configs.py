@@ -73,7 +73,7 @@ def test_paper_values():
 
 
 def test_unknown_argument_lists_valid_ones():
-  with pytest.raises(ValueError, match='valid arguments: data, gamma, norm'):
+  with pytest.raises(ValueError, match='valid arguments: cell, data, gamma, norm'):
     _load('smnist').get_config('nrom=batch')
   with pytest.raises(ValueError, match='choose one of'):
     _load('smnist').get_config('norm=bn')
@@ -97,7 +97,7 @@ def test_unknown_argument_lists_valid_ones():
     ('optimizer.name', 'sgd', 'choose one of: rmsprop, adam'),
     ('wandb.mode', 'cloud', 'choose one of: disabled, offline, online'),
     ('eval.reestimate_batches', 0, 'eval.reestimate_batches=0 is not valid'),
-    ('model.cell', 'gru', 'choose one of: lstm, tanh_rnn'),
+    ('model.cell', 'rnn', 'choose one of: lstm, tanh_rnn, gru'),
 ])
 def test_impossible_values_fail_with_choices(field, value, match):
   config = _load('ptb_char').get_config('norm=batch,size=smoke')

@@ -267,8 +267,8 @@ def test_errors():
   x = jnp.ones((2, 4, EMBED))
   with pytest.raises(ValueError, match="unknown normalization scheme 'nope'.*batch"):
     NormRNN(HIDDEN, norm='nope')
-  with pytest.raises(ValueError, match="unknown cell 'gru'"):
-    NormRNN(HIDDEN, cell='gru')
+  with pytest.raises(ValueError, match="unknown cell 'rnn'"):
+    NormRNN(HIDDEN, cell='rnn')
   lstm_only = [name for name, s in NORMS.items() if 'tanh_rnn' not in s.cells]
   if lstm_only:
     with pytest.raises(ValueError, match='has no tanh_rnn form'):
@@ -293,3 +293,17 @@ def test_errors():
   with pytest.raises(ValueError, match='passed to the constructor and at call time'):
     NormRNN(HIDDEN, norm='batch', use_running_average=True).apply(variables, x,
                                                                    use_running_average=True)
+
+
+@pytest.mark.parametrize('norm', ['layer', 'batch'])
+def test_gru_cell(norm):
+  """cell='gru' runs through the same module: outputs, carry and (for BN) per-step tables."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, EMBED))
+  rnn = NormRNN(HIDDEN, norm=norm, cell='gru', use_running_average=False)
+  variables = rnn.init(jax.random.PRNGKey(1), x)
+  (carry, y), _ = rnn.apply(variables, x, seq_lengths=jnp.array([5, 3, 1]), return_carry=True,
+                            mutable=['batch_stats'])
+  assert y.shape == (3, 5, HIDDEN) and carry['h'].shape == (3, HIDDEN) and 'c' not in carry
+  assert float(jnp.abs(y[1, 3:]).max()) == 0.0  # padded steps output zeros
+  tables = variables.get('batch_stats', {})
+  assert bool(tables) == (norm == 'batch')

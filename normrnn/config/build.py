@@ -20,6 +20,9 @@ from normrnn.config.schema import ConfigError
 from normrnn.norms import NORMS, all_options, get_scheme
 
 SIZES = ('paper', 'cpu', 'smoke')
+# The cells of the task configs' `cell=` argument (model.cell). The tanh RNN is not one: it is the
+# model of the gradient-flow experiment (Fig. 4a), whose square 'identity' init no task uses.
+TASK_CELLS = ('lstm', 'gru')
 
 
 def parse_arg(arg: str | None, **defaults):

@@ -62,4 +62,4 @@ SCHEME = Scheme(
     gamma_init=0.1,  # the paper's value in every experiment; 1.0 saturates tanh (Fig. 4a/6)
     batch_statistics=True,
     input=BatchStep, recurrent=BatchStep, cell=BatchStep, sum=BatchStep,
-    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn'))
+    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn', 'gru'))

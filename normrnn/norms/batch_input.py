@@ -20,4 +20,4 @@ SCHEME = Scheme(
     gamma_init=0.1,  # Laurent et al. used 1.0; 0.1 here for parity with 'batch' (sweep it)
     batch_statistics=True,
     input=batch.BatchStep, recurrent=none.Identity, cell=none.Identity,
-    kernel=base.IdentityKernel)
+    kernel=base.IdentityKernel, cells=('lstm', 'gru'))

@@ -46,4 +46,5 @@ SCHEME = Scheme(
     name='cosine', label='cosine-norm LSTM', paper='Luo et al. 2017, eq. 4',
     gamma_init=1.0,  # the per-unit scale of the cosines (which are O(1/sqrt(fan-in)))
     batch_statistics=False,
-    input=Cosine, recurrent=Cosine, cell=none.Identity, kernel=CosineKernel)
+    input=Cosine, recurrent=Cosine, cell=none.Identity, kernel=CosineKernel,
+    cells=('lstm', 'gru'))

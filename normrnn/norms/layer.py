@@ -41,4 +41,4 @@ SCHEME = Scheme(
     gamma_init=1.0,  # Ba et al. 2016 sec. 6.2
     batch_statistics=False,
     input=LayerNorm, recurrent=LayerNorm, cell=LayerNorm, sum=LayerNorm,
-    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn'))
+    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn', 'gru'))

@@ -26,4 +26,4 @@ SCHEME = Scheme(
     gamma_init=1.0,  # unused (no gain); every scheme has the field so configs have one shape
     batch_statistics=False,
     input=Identity, recurrent=Identity, cell=Identity, sum=Identity, kernel=base.IdentityKernel,
-    cells=('lstm', 'tanh_rnn'))
+    cells=('lstm', 'tanh_rnn', 'gru'))

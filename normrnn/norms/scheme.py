@@ -13,6 +13,9 @@ from typing import Any, Callable
 
 # Sites a cell may ask a scheme for (see norms/base.py for what each one is).
 NORM_SITES = ('input', 'recurrent', 'cell', 'sum')
+# The sites each cell of normrnn.cells normalizes (a scheme supporting a cell must define them).
+CELL_SITES = {'lstm': ('input', 'recurrent', 'cell'), 'tanh_rnn': ('sum',),
+              'gru': ('input', 'recurrent')}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +108,13 @@ class Scheme:
       (`val_batch/`) is meaningful.
     input, recurrent, cell: site modules for the LSTM's input term W_x x_t, recurrent term
       W_h h_{t-1} and cell state c_t (subclasses of `base.SiteNorm`); None where the scheme does
-      not act on an LSTM.
+      not act on an LSTM. The GRU uses the input and recurrent sites only.
     sum: site module for a tanh RNN's summed pre-activation, or None if the scheme has no tanh-RNN
       form.
     kernel: module transforming W_x and W_h before the matmul (weight / cosine norm), identity
       otherwise.
-    cells: the cells of `normrnn.cells.CELLS` this scheme supports.
+    cells: the cells of `normrnn.cells.CELLS` this scheme supports: the one place that says
+      which scheme has an LSTM, tanh-RNN or GRU form (`check` verifies the sites each needs).
   """
   name: str
   label: str
@@ -165,7 +169,7 @@ class Scheme:
     if not (isinstance(self.gamma_init, (int, float)) and math.isfinite(self.gamma_init)
             and self.gamma_init > 0):
       raise ValueError(f'scheme {self.name!r}: gamma_init must be > 0, got {self.gamma_init}')
-    needs = dict(lstm=('input', 'recurrent', 'cell'), tanh_rnn=('sum',))
+    needs = CELL_SITES
     for cell in self.cells:
       for site in needs.get(cell, ()):
         if getattr(self, site) is None:

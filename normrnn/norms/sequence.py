@@ -44,4 +44,4 @@ SCHEME = Scheme(
     gamma_init=0.1,  # as batch_input
     batch_statistics=True,
     input=BatchSequence, recurrent=none.Identity, cell=none.Identity,
-    kernel=base.IdentityKernel)
+    kernel=base.IdentityKernel, cells=('lstm', 'gru'))

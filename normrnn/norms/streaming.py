@@ -82,4 +82,4 @@ SCHEME = Scheme(
     gamma_init=0.1,  # a BN-type normalizer: same reasoning as 'batch'
     batch_statistics=False,
     input=Streaming, recurrent=Streaming, cell=Streaming, sum=Streaming,
-    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn'))
+    kernel=base.IdentityKernel, cells=('lstm', 'tanh_rnn', 'gru'))

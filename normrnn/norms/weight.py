@@ -37,4 +37,5 @@ SCHEME = Scheme(
     name='weight', label='WN-LSTM', paper='Salimans & Kingma 2016, eq. 2',
     gamma_init=1.0,  # unused: g starts at ||v_init|| so W starts at the paper's init
     batch_statistics=False,
-    input=none.Identity, recurrent=none.Identity, cell=none.Identity, kernel=WeightNormKernel)
+    input=none.Identity, recurrent=none.Identity, cell=none.Identity, kernel=WeightNormKernel,
+    cells=('lstm', 'gru'))
