@@ -119,7 +119,7 @@ class CharLM(nn.Module):
 
 
 def spec_from_config(model_cfg) -> RNNSpec:
-  """Reads config.model (every field explicit; see configs/common.py)."""
+  """Reads config.model (every field explicit; see normrnn/config/build.py)."""
   n = model_cfg.norm
   scheme = get_scheme(n.name)
   return RNNSpec(

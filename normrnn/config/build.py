@@ -26,7 +26,7 @@ TASK_CELLS = ('lstm', 'gru')
 
 
 def parse_arg(arg: str | None, **defaults):
-  """Parses 'k=v,k2=v2' into a ConfigDict typed like `defaults` (big_vision configs/common.py).
+  """Parses 'k=v,k2=v2' into a ConfigDict typed like `defaults`.
 
   A bare name sets a bool default to True. Unknown keys and values that do not parse as the
   default's type fail with the list of valid keys.
