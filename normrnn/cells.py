@@ -28,6 +28,15 @@ def _check_supported(scheme, cell: str) -> None:
                      f'{cell} form: {", ".join(valid)}')
 
 
+def _initial_h(cell, batch_size: int):
+  """The learned h_0 for every sequence, plus Gaussian noise of std `h0_noise` if it is > 0 (the
+  paper's --noise, applied in training and evaluation; needs the 'noise' rng)."""
+  h0 = jnp.broadcast_to(cell.h0, (batch_size, cell.hidden))
+  if cell.h0_noise > 0:
+    h0 = h0 + inits.noise(cell.make_rng('noise'), h0.shape, cell.h0_noise)
+  return h0
+
+
 def _hold(keep, new, old):
   """Keeps the old state where the step is padding (keep is [batch, 1])."""
   return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
@@ -130,9 +139,7 @@ class NormLSTMCell(nn.Module):
     return _hoist_input_term(self, x, mask, stats, carry)
 
   def initialize_carry(self, batch_size: int):
-    h0 = jnp.broadcast_to(self.h0, (batch_size, self.hidden))
-    if self.h0_noise > 0:
-      h0 = h0 + inits.noise(self.make_rng('noise'), h0.shape, self.h0_noise)
+    h0 = _initial_h(self, batch_size)
     return dict(h=h0, c=jnp.broadcast_to(self.c0, (batch_size, self.hidden)),
                 norm=dict(input=self.input_norm.initial_state(batch_size, h0.dtype),
                           recurrent=self.recurrent_norm.initial_state(batch_size, h0.dtype),
@@ -227,9 +234,7 @@ class NormGRUCell(nn.Module):
     return _hoist_input_term(self, x, mask, stats, carry)
 
   def initialize_carry(self, batch_size: int):
-    h0 = jnp.broadcast_to(self.h0, (batch_size, self.hidden))
-    if self.h0_noise > 0:
-      h0 = h0 + inits.noise(self.make_rng('noise'), h0.shape, self.h0_noise)
+    h0 = _initial_h(self, batch_size)
     return dict(h=h0, norm=dict(input=self.input_norm.initial_state(batch_size, h0.dtype),
                                 recurrent=self.recurrent_norm.initial_state(batch_size, h0.dtype)))
 
@@ -293,9 +298,7 @@ class TanhRNNCell(nn.Module):
     return jnp.einsum('tbd,dk->tbk', x, self.kernel_x), dict(kernel_h=self.kernel_h), {}, carry
 
   def initialize_carry(self, batch_size: int):
-    h0 = jnp.broadcast_to(self.h0, (batch_size, self.hidden))
-    if self.h0_noise > 0:
-      h0 = h0 + inits.noise(self.make_rng('noise'), h0.shape, self.h0_noise)
+    h0 = _initial_h(self, batch_size)
     return dict(h=h0, norm=self.sum_norm.initial_state(batch_size, h0.dtype))
 
   def step(self, carry, inputs_t, mask_t, stats_t, consts, probe_t=None):
