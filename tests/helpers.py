@@ -4,6 +4,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 
 from normrnn import cells, recurrent
@@ -30,6 +31,28 @@ def make_layer(scheme, *, train, hidden=3, features=2, t_max=5, reverse=False, c
                train, hoist_input)
   return recurrent.Recurrent(c, max_time_steps=t_max, stats_rate=RATE, reverse=reverse,
                              unroll=unroll, remat=remat)
+
+
+def check_gradients(scheme, *, cell='lstm'):
+  """Reverse-mode gradients of a small layer w.r.t. parameters and inputs against finite
+  differences, in float64, training mode, with a masked (shorter) sequence."""
+  with jax.enable_x64(True):
+    x, mask = data(batch=3, length=3, lengths=[3, 2, 3], seed=9)
+    x = x.astype(jnp.float64)
+    layer = make_layer(scheme, train=True, cell=cell, hidden=2, t_max=3)
+    variables = layer.init(jax.random.PRNGKey(0), x, mask)
+    f64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)
+    params = f64(perturb_params(variables['params'], jax.random.PRNGKey(1)))
+    stats = f64(random_tables(variables.get('batch_stats', {}), jax.random.PRNGKey(2)))
+
+    @jax.jit  # one compilation for the many evaluations of the check
+    def loss(p, inputs):
+      (y, _), _ = layer.apply({'params': p, 'batch_stats': stats}, inputs, mask,
+                              mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(3.0 * y))
+
+    jax.test_util.check_grads(loss, (params, x), order=1, modes=['rev'], atol=1e-5, rtol=1e-5,
+                              eps=1e-6)
 
 
 def perturb_params(params, key, scale=0.3):

@@ -140,21 +140,27 @@ class LSTMReference:
       out[:, t] = self.step_norm('input', kind, ax[:, t], mask[:, t], t, train, x[:, t], None)
     return out
 
-  def run(self, x, mask, *, train, reverse=False, noise=None):
-    """x [B, T, D], mask [B, T] -> outputs [B, T, H]."""
+  def _start(self, x, mask, train, reverse, noise):
+    """What every cell's run starts from: the (valid-prefix reversed) inputs' normalized input
+    term for all steps, the normalized recurrent kernel and h_0 (+ noise).
+
+    Returns (mask, lengths, B, T, H, input term [B, T, F], kernel_h, h [B, H])."""
     x = np.asarray(x, np.float64)
     mask = np.asarray(mask, np.float64)
     lengths = mask.sum(1).astype(int)
     if reverse:
       x = reverse_valid_np(x, lengths)
     B, T, _ = x.shape
-    H = self.p['h0'].shape[0]
-    ax = self.input_term(x, mask, train)
-    kh = self.kernel('kernel_h')
-    bias = np.asarray(self.p['bias'], np.float64)
     h = np.tile(np.asarray(self.p['h0'], np.float64), (B, 1))
     if noise is not None:
       h = h + noise
+    return (mask, lengths, B, T, h.shape[1], self.input_term(x, mask, train),
+            self.kernel('kernel_h'), h)
+
+  def run(self, x, mask, *, train, reverse=False, noise=None):
+    """x [B, T, D], mask [B, T] -> outputs [B, T, H]."""
+    mask, lengths, B, T, H, ax, kh, h = self._start(x, mask, train, reverse, noise)
+    bias = np.asarray(self.p['bias'], np.float64)
     c = np.tile(np.asarray(self.p['c0'], np.float64), (B, 1))
     acc = {'recurrent': [(0, 0.0, 0.0)] * B, 'cell': [(0, 0.0, 0.0)] * B}
     outputs = np.zeros((B, T, H))
@@ -210,20 +216,9 @@ class GRUReference(LSTMReference):
 
   def run(self, x, mask, *, train, reverse=False, noise=None):
     """x [B, T, D], mask [B, T] -> outputs [B, T, H], final h [B, H]."""
-    x = np.asarray(x, np.float64)
-    mask = np.asarray(mask, np.float64)
-    lengths = mask.sum(1).astype(int)
-    if reverse:
-      x = reverse_valid_np(x, lengths)
-    B, T, _ = x.shape
-    H = self.p['h0'].shape[0]
-    ax = self.input_term(x, mask, train)
-    kh = self.kernel('kernel_h')
+    mask, lengths, B, T, H, ax, kh, h = self._start(x, mask, train, reverse, noise)
     b = np.asarray(self.p['bias'], np.float64)
     b_hn = np.asarray(self.p['bias_hn'], np.float64)
-    h = np.tile(np.asarray(self.p['h0'], np.float64), (B, 1))
-    if noise is not None:
-      h = h + noise
     acc = {'recurrent': [(0, 0.0, 0.0)] * B}
     outputs = np.zeros((B, T, H))
     for t in range(T):

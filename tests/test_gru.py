@@ -10,7 +10,6 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.test_util  # noqa: F401  (check_grads)
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -139,23 +138,7 @@ def test_gru_input_in_the_loop_equals_hoisted_input():
 @pytest.mark.parametrize('scheme', ['batch', 'streaming'])
 def test_gru_gradients_match_finite_differences(scheme):
   """Reverse-mode gradients w.r.t. parameters and inputs in float64, training mode, masked."""
-  with jax.enable_x64(True):
-    x, mask = helpers.data(batch=3, length=3, lengths=[3, 2, 3], seed=9)
-    x = x.astype(jnp.float64)
-    layer = helpers.make_layer(scheme, train=True, cell='gru', hidden=2, t_max=3)
-    variables = layer.init(jax.random.PRNGKey(0), x, mask)
-    f64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)
-    params = f64(helpers.perturb_params(variables['params'], jax.random.PRNGKey(1)))
-    stats = f64(helpers.random_tables(variables.get('batch_stats', {}), jax.random.PRNGKey(2)))
-
-    @jax.jit  # one compilation for the many evaluations of the check
-    def loss(p, inputs):
-      (y, _), _ = layer.apply({'params': p, 'batch_stats': stats}, inputs, mask,
-                              mutable=['batch_stats'])
-      return jnp.sum(jnp.sin(3.0 * y))
-
-    jax.test_util.check_grads(loss, (params, x), order=1, modes=['rev'], atol=1e-5, rtol=1e-5,
-                              eps=1e-6)
+  helpers.check_gradients(scheme, cell='gru')
 
 
 def test_gru_init():

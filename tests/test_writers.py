@@ -215,28 +215,36 @@ def test_offline_failure_continues_without_wandb(tmp_path, no_network, monkeypat
   assert read_metrics(tmp_path / 'metrics.jsonl')[0]['train/loss'] == 1.0
 
 
-def test_wandb_log_receives_the_jsonl_keys(tmp_path, monkeypatch):
-  logged = []
+class FakeRun:
+  """Stands in for a wandb run: records log calls, the summary and finish."""
 
-  class FakeRun:
-    summary = {}
+  def __init__(self):
+    self.logged, self.summary, self.finished = [], {}, False
 
-    def log(self, metrics, step):
-      logged.append((step, dict(metrics)))
+  def log(self, metrics, step):
+    self.logged.append((step, dict(metrics)))
 
-    def finish(self):
-      logged.append('finished')
+  def finish(self):
+    self.finished = True
 
-  monkeypatch.setattr(writers, '_init_wandb', lambda *a, **k: FakeRun())
+
+@pytest.fixture
+def fake_wandb(monkeypatch):
+  run = FakeRun()
+  monkeypatch.setattr(writers, '_init_wandb', lambda *a, **k: run)
+  return run
+
+
+def test_wandb_log_receives_the_jsonl_keys(tmp_path, fake_wandb):
   with make_writer(tmp_path, wandb_mode='offline') as writer:
     writer.write(7, {'train/loss': np.float32(2.0), 'val/bpc': float('nan')})
     writer.summary({'test/bpc': jnp.asarray(1.25)})
-  (step, metrics), finished = logged
-  assert step == 7 and finished == 'finished'
+  [(step, metrics)] = fake_wandb.logged
+  assert step == 7 and fake_wandb.finished
   record = read_metrics(tmp_path / 'metrics.jsonl')[0]
   assert set(metrics) == set(record) - {'step', 'time'}
   assert metrics['train/loss'] == 2.0 and math.isnan(metrics['val/bpc'])
-  assert FakeRun.summary == {'test/bpc': 1.25}
+  assert fake_wandb.summary == {'test/bpc': 1.25}
 
 
 def test_tensorboard_scalars_readable(tmp_path):
@@ -315,19 +323,8 @@ def test_final_metrics_text_is_purged_on_resume(tmp_path):
   assert sorted(acc.Tags()['tensors']) == ['results', 'train/loss']
 
 
-def test_wandb_write_final_logs_the_jsonl_keys_and_sets_the_summary(tmp_path, monkeypatch):
-  logged = []
-
-  class FakeRun:
-    summary = {}
-
-    def log(self, metrics, step):
-      logged.append((step, dict(metrics)))
-
-    def finish(self):
-      pass
-
-  monkeypatch.setattr(writers, '_init_wandb', lambda *a, **k: FakeRun())
+def test_wandb_write_final_logs_the_jsonl_keys_and_sets_the_summary(tmp_path, fake_wandb):
+  logged = fake_wandb.logged
   with make_writer(tmp_path, wandb_mode='offline') as writer:
     writer.write(7, {'train/loss': 2.0})
     writer.write_final(7, {'test/acc': np.float32(0.5), 'val_final/acc': jnp.asarray(0.25)})
@@ -335,7 +332,7 @@ def test_wandb_write_final_logs_the_jsonl_keys_and_sets_the_summary(tmp_path, mo
   assert [step for step, _ in logged] == [7, 7]
   for (_, metrics), record in zip(logged, records):
     assert set(metrics) == set(record) - {'step', 'time'}
-  assert FakeRun.summary == {'test/acc': 0.5, 'val_final/acc': 0.25}
+  assert fake_wandb.summary == {'test/acc': 0.5, 'val_final/acc': 0.25}
 
 
 def test_write_final_checks_keys_like_write(tmp_path):
