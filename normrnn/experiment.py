@@ -159,14 +159,12 @@ class Experiment:
   def kind(self) -> str:
     return self.task.kind
 
-  def keys(self):
-    """(init, noise, train) PRNG keys of the run, from config.seed."""
-    return jax.random.split(jax.random.PRNGKey(self.config.seed), 3)
-
-  @property
+  @functools.cached_property
   def eval_rng(self):
-    """The noise key of every evaluation (h_0 noise is applied in evaluation too)."""
-    return jax.random.fold_in(self.keys()[1], 1)
+    """The noise key of every evaluation (h_0 noise is applied in evaluation too): derived from
+    the run's noise key (the second of the (init, noise, train) keys of `create_train_state`).
+    Computed once: `evaluate` uses it for every batch."""
+    return jax.random.fold_in(jax.random.split(jax.random.PRNGKey(self.config.seed), 3)[1], 1)
 
   def init_state(self) -> TrainState:
     """The initial TrainState (parameters from config.seed, on an example training batch)."""
