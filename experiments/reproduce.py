@@ -5,7 +5,8 @@ collects, and with --launch trains, one run per normalization scheme.
 
   python experiments/reproduce.py TABLE --root runs/reproduce [--size paper|cpu|smoke] \
       [--launch] [--parallel N] [--schemes none,batch,...] [--seed 0] [--out FILE.md] \
-      [--config.a.b=v ...]
+      [--config.a.b=v ...] [--executor local|submitit_local|slurm] [--detach] \
+      [--slurm_config FILE.json] [--slurm.partition=P --slurm.timeout_min=M ...]
 
 TABLE is `smnist` (Table 1, MNIST column), `pmnist` (Table 1, pMNIST column), `ptb` (Table 2) or
 `text8` (Table 3). There is one row per registered scheme of `normrnn.norms.NORMS` (default: all
@@ -20,9 +21,13 @@ the row reads `missing`, `incomplete (step S of N)`, `running (pid P, ...)` or `
 (`normrnn.launch.status`): without --launch the commands that would (re)start the missing,
 incomplete and failed rows are printed; with --launch those rows are trained, N at a time
 (`normrnn.launch.LocalLauncher`: output in <workdir>/train.log, SIGINT/SIGTERM stop the runs,
-which checkpoint, and rerunning resumes them). A run whose config.json differs from the
-requested task, scheme, size, seed or --config overrides reads `config differs` and is neither
-used nor relaunched: use another --root for other settings.
+which checkpoint, and rerunning resumes them). `--executor submitit_local|slurm` trains them as
+submitit jobs instead (`normrnn.launch_submitit`: one SLURM job array with the --slurm.*
+resources, job logs in <root>/<table>_<size>/submitit/; a preempted job checkpoints and is
+requeued); rows whose job is queued or running read `pending (...)` / `running (...)` and are
+not submitted again, so this command without --launch is the status of the table. A run whose
+config.json differs from the requested task, scheme, size, seed or --config overrides reads
+`config differs` and is neither used nor relaunched: use another --root for other settings.
 
 Writes the markdown table to stdout and to --out (default <root>/<table>_<size>/TABLE.md) and
 the same rows as JSON next to it (TABLE.json). Columns: model | paper | ours | metric | data |
@@ -43,8 +48,11 @@ import sys
 import time
 
 from normrnn import launch
+from normrnn import launch_submitit
 from normrnn import norms
+from normrnn.config import ConfigError
 from normrnn.jsonio import finite_or_none
+from normrnn.reader import variant_label
 from normrnn.rundir import read_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,6 +83,16 @@ PAPER = {
         rows={'none': 1.43, 'batch': 1.36},
         context=[('td-LSTM (Zhang 2016)', 1.63), ('HF-MRNN (Mikolov 2012)', 1.54),
                  ('skipping RNN (Pachitariu 2013)', 1.48), ('HM-LSTM (Chung 2016)', 1.29)]),
+    # Rows: Attentive Reader variants (TABLES['cnn_qa']['variants']); error rates in %.
+    'cnn_qa': dict(
+        source=('Cooijmans et al. 2016, Table 4 (CNN, full documents: test error %) and Fig. 3a '
+                '(CNN, 4 relevant sentences: lowest validation error %)'),
+        rows={'lstm_full': 45.0, 'bn_e_star2_full': 36.3, 'lstm_top4': 50.3, 'bn_top4': 49.5,
+              'bn_everywhere_top4': 50.0, 'bn_e_star_top4': 47.1, 'bn_e_star2_top4': 43.9},
+        context=[('Attentive Reader (Hermann et al. 2015), test', 37.0),
+                 ('Attentive Reader (Hermann et al. 2015), valid', 38.4),
+                 ('LSTM (Cooijmans et al.), full documents, valid', 45.5),
+                 ('BN-e** (Cooijmans et al.), full documents, valid', 37.9)]),
 }
 
 # config file, the run's `task`, metric keys of results.json in order of preference (the first
@@ -108,6 +126,27 @@ TABLES = {
                 '(docs/method.md, "Where the paper and the authors\' code disagree")'),
         small_data=("ptb_char_valid (the PTB validation file split 90/5/5): text8 is not "
                     "available offline, so these sizes check the plumbing only")),
+    # Rows are config variants of one file, not schemes: `variants` maps a row name to its
+    # config argument, data description and metric keys (Table 4: the test error of the model
+    # selected on validation; Fig. 3a: the lowest validation error, results.json 'best').
+    'cnn_qa': dict(
+        config='configs/cnn_qa.py', task='cnn_qa', keys=('test/error',), percent=True,
+        metric='error (%): test/error for the Table 4 rows, the lowest validation error for the '
+               'Fig. 3a rows',
+        small_data=('ptb_cloze (a cloze task built from the PTB validation text; '
+                    'configs/ptb_cloze.py); its documents are short, so the full and top4 rows '
+                    'train the same task there'),
+        note=('Table 4 also gives validation errors (LSTM 45.5, BN-e** 37.9); each row\'s '
+              'results.json has val_final/error. Fig. 3a minima are on the selection metric '
+              '(eval.select_metric: batch statistics for the BN variants, as the authors).'),
+        variants={
+            f'{v}_{d}': dict(arg=f'variant={v},data={d}', data=text,
+                             keys=('test/error',) if d == 'full' else ('best',))
+            for d, text, names in (
+                ('full', 'full documents', ('lstm', 'bn_e_star2')),
+                ('top4', '4 relevant sentences',
+                 ('lstm', 'bn', 'bn_everywhere', 'bn_e_star', 'bn_e_star2', 'ln')))
+            for v in names}),
 }
 COLUMNS = ('model', 'paper', 'ours', 'metric', 'data', 'hardware', 'steps', 'wall time',
            'command')
@@ -124,15 +163,23 @@ def run_dir(root: str, table: str, size: str, scheme: str, seed: int) -> str:
   return os.path.join(table_dir(root, table, size), f'{scheme}_seed{seed}')
 
 
-def config_arg(scheme: str, size: str, seed: int) -> str:
-  return f'norm={scheme},size={size},seed={seed}'
+def default_rows(table: str) -> list[str]:
+  """The row names of a table: its variants, or every scheme registered now."""
+  return list(TABLES[table].get('variants') or norms.NORMS)
+
+
+def config_arg(scheme: str, size: str, seed: int, table: str | None = None) -> str:
+  """The config argument of a row: `norm=<scheme>`, or a variant row's own argument."""
+  variant = (TABLES[table].get('variants') or {}).get(scheme) if table else None
+  return f'{variant["arg"] if variant else f"norm={scheme}"},size={size},seed={seed}'
 
 
 def row_job(table: str, root: str, size: str, scheme: str, seed: int, extra=()) -> launch.Job:
   """The training run of one row (`job.config()` is the config it trains)."""
+  arg = config_arg(scheme, size, seed, table)
   return launch.Job(
       name=scheme, workdir=os.path.abspath(run_dir(root, table, size, scheme, seed)),
-      config_spec=f'{os.path.join(ROOT, TABLES[table]["config"])}:{config_arg(scheme, size, seed)}',
+      config_spec=f'{os.path.join(ROOT, TABLES[table]["config"])}:{arg}',
       extra_flags=tuple(extra))
 
 
@@ -144,15 +191,35 @@ def model_name(scheme: str) -> str:
 
 def make_rows(table: str, root: str, size: str, schemes=None, seed: int = 0,
               extra=()) -> list[dict]:
-  """One row per scheme (None: every scheme registered when this is called), not collected."""
+  """One row per scheme (None: every scheme registered when this is called), or per variant of a
+  table whose rows are config variants (TABLES[table]['variants']), not collected."""
   rows = []
-  for scheme in list(norms.NORMS) if schemes is None else schemes:
+  variants = TABLES[table].get('variants') or {}
+  for scheme in default_rows(table) if schemes is None else schemes:
     job = row_job(table, root, size, scheme, seed, extra)
-    rows.append(dict(
-        scheme=scheme, model=model_name(scheme), paper=PAPER[table]['rows'].get(scheme),
-        workdir=job.workdir, job=job,
-        command=shlex.join(job.command(python='python', relative_to=ROOT))))
+    row = dict(scheme=scheme, paper=PAPER[table]['rows'].get(scheme), workdir=job.workdir,
+               job=job, command=shlex.join(job.command(python='python', relative_to=ROOT)))
+    if scheme in variants:
+      config = job.config().to_dict()
+      row.update(model=f'{variant_label(config)}, {variants[scheme]["data"]}',
+                 keys=variants[scheme]['keys'],
+                 expected={k: _lookup(config, k) for k in VARIANT_FIELDS})
+    else:
+      row['model'] = model_name(scheme)
+    rows.append(row)
   return rows
+
+
+# The config fields that tell a variant row's run from the other rows' (besides task and seed).
+VARIANT_FIELDS = ('model.norm.name', 'model.norm.input', 'model.reader.everywhere',
+                  'model.reader.bidirectional', 'model.reader.reverse_padding',
+                  'data.relevant_sentences')
+
+
+def _lookup(config: dict, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config
 
 
 _ABSENT = object()
@@ -172,9 +239,12 @@ def _same(value, text: str) -> bool:
   return str(value) == text
 
 
-def config_differences(run, table: str, scheme: str, size: str, seed: int, extra) -> list[str]:
-  """Fields of a run's config.json that differ from what this row asks for."""
-  expected = {'task': TABLES[table]['task'], 'model.norm.name': scheme, 'seed': seed}
+def config_differences(run, table: str, scheme: str, size: str, seed: int, extra,
+                       fields=None) -> list[str]:
+  """Fields of a run's config.json that differ from what this row asks for (`fields`: a
+  variant row's own config values, else model.norm.name = the row's scheme)."""
+  expected = {'task': TABLES[table]['task'],
+              **(fields if fields is not None else {'model.norm.name': scheme}), 'seed': seed}
   out = []
   for key, want in expected.items():
     got = run.lookup(key)
@@ -239,26 +309,44 @@ def format_number(value: float | None, percent: bool) -> str:
   return f'{value:.1f}' if percent else f'{value:.2f}'
 
 
+# A metric key of the tables: the lowest validation error of the run (results.json 'best', on
+# the config's eval.select_metric), the figure's number for the Fig. 3a rows.
+BEST = 'best'
+
+
 def metric_label(table: str, key: str) -> str:
+  if key == BEST:
+    key = 'lowest validation error (best.value)'
   return f'{key} (%)' if TABLES[table]['percent'] else key
 
 
-def headline(table: str, results: dict, config: dict) -> tuple[str | None, float | None, str]:
-  """(metric key, value in the paper's unit, metric column text) of a finished run."""
+def _result(results: dict, key: str):
+  if key == BEST:
+    best = results.get('best') or {}
+    return best.get('value') if str(best.get('metric', '')).endswith('/error') else None
+  return (results.get('metrics') or {}).get(key)
+
+
+def headline(table: str, results: dict, config: dict,
+             keys=None) -> tuple[str | None, float | None, str]:
+  """(metric key, value in the paper's unit, metric column text) of a finished run; `keys`: a
+  row's own metric keys (default the table's)."""
   spec = TABLES[table]
-  metrics = results.get('metrics') or {}
-  for i, key in enumerate(spec['keys']):
-    value = metrics.get(key)
+  keys = spec['keys'] if keys is None else keys
+  for i, key in enumerate(keys):
+    value = _result(results, key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       text = metric_label(table, key)
       if i > 0:
         length = config.get('data', {}).get('seq_len', '?')
-        text += ' — ' + spec['fallback_note'].format(T=length) + f' (no {spec["keys"][0]})'
+        text += ' — ' + spec['fallback_note'].format(T=length) + f' (no {keys[0]})'
       value = float(value)
       if spec['percent']:
         value *= 100
+      if key == BEST:
+        text += f' of {results["best"]["metric"]}'
       return key, value, text
-  return None, None, f'none of {", ".join(spec["keys"])} in results.json'
+  return None, None, f'none of {", ".join(keys)} in results.json'
 
 
 # --- collecting and launching ------------------------------------------------------------------
@@ -266,7 +354,8 @@ def headline(table: str, results: dict, config: dict) -> tuple[str | None, float
 def collect(row: dict, table: str, size: str, seed: int, extra=()) -> dict:
   """Fills the row's status, ours, data, hardware, steps and wall time from its workdir."""
   row.update(status='missing', ours=None, metric_key=None,
-             metric=metric_label(table, TABLES[table]['keys'][0]), run_command=None,
+             metric=metric_label(table, row.get('keys', TABLES[table]['keys'])[0]),
+             run_command=None,
              data=None, hardware=None, final_step=None, best_step=None, wall_time_s=None,
              results_metrics=None, last_step=None, num_steps=None, differences=[])
   state = launch.status(row['workdir'])
@@ -277,11 +366,12 @@ def collect(row: dict, table: str, size: str, seed: int, extra=()) -> dict:
     return row
   row.update(last_step=run.last_step, num_steps=run.num_steps)
   if run.config:
-    row['differences'] = config_differences(run, table, row['scheme'], size, seed, extra)
+    row['differences'] = config_differences(run, table, row['scheme'], size, seed, extra,
+                                            row.get('expected'))
   if state != 'finished' or run.results is None:
     row['status'] = state
   else:
-    key, value, metric_text = headline(table, run.results, run.config)
+    key, value, metric_text = headline(table, run.results, run.config, row.get('keys'))
     results = run.results
     row.update(status='finished', ours=value, metric_key=key, metric=metric_text,
                data=results.get('data'), hardware=results.get('hardware'),
@@ -299,11 +389,13 @@ def needs_launch(row: dict) -> bool:
   return launch.needs_run(row['status'])
 
 
-def train_rows(rows, parallel: int, progress: bool = True) -> dict | None:
-  """Trains the rows, `parallel` at a time; {scheme: (exit code, seconds)}, or None if stopped
-  by SIGINT/SIGTERM (the running trainings are sent SIGTERM and checkpoint)."""
-  return launch.LocalLauncher(parallel=parallel).run([row['job'] for row in rows],
-                                                     progress=progress, desc='reproduce')
+def train_rows(rows, parallel: int, progress: bool = True,
+               executor: launch.Executor | None = None) -> dict | None:
+  """Trains the rows, `parallel` at a time (through `executor`, default the local pool);
+  {scheme: (exit code, seconds)}, or None if stopped by SIGINT/SIGTERM (the local pool sends the
+  running trainings SIGTERM and they checkpoint)."""
+  executor = executor or launch.LocalLauncher(parallel=parallel or 1)
+  return executor.run([row['job'] for row in rows], progress=progress, desc='reproduce')
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -328,9 +420,10 @@ def steps_cell(row: dict) -> str:
 
 def intro_lines(table: str, size: str) -> list[str]:
   spec, paper = TABLES[table], PAPER[table]
+  own = ('the variants the paper reports' if spec.get('variants')
+         else 'the paper\'s own LSTM and BN-LSTM rows')
   lines = [f'# {paper["source"]}', '',
-           f'Size `{size}`; metric: {spec["metric"]}. Paper numbers exist for the paper\'s own '
-           'LSTM and BN-LSTM rows only.']
+           f'Size `{size}`; metric: {spec["metric"]}. Paper numbers exist for {own} only.']
   if size != 'paper':
     lines.append(f'**Size `{size}` does not use the paper\'s data or training length**: the runs '
                  f'train on {spec["small_data"]}'
@@ -388,29 +481,36 @@ def parse_args(argv=None):
       description=__doc__.splitlines()[0],
       epilog='Any further --config.<key>=<value> arguments are passed to every run.')
   parser.add_argument('table', choices=tuple(TABLES),
-                      help='smnist | pmnist (Table 1), ptb (Table 2), text8 (Table 3)')
+                      help='smnist | pmnist (Table 1), ptb (Table 2), text8 (Table 3), cnn_qa '
+                           '(Table 4 and Fig. 3a: rows are Attentive Reader variants)')
   parser.add_argument('--root', required=True, help='root of the run directories')
   parser.add_argument('--size', default='paper', choices=SIZES)
   parser.add_argument('--launch', action='store_true', help='train the unfinished rows')
-  parser.add_argument('--parallel', type=int, default=1, help='runs at a time with --launch')
+  parser.add_argument('--parallel', type=int, default=None,
+                      help='runs at a time with --launch (default 1; slurm: the job array\'s '
+                           'limit, default none of ours)')
   registered = list(norms.NORMS)  # now, so that schemes registered after import are rows too
-  parser.add_argument('--schemes', default=','.join(registered),
-                      help=f'comma-separated subset of {",".join(registered)} (default: all)')
+  parser.add_argument('--schemes', default=None,
+                      help=f'comma-separated subset of {",".join(registered)} (default: all; '
+                           'for cnn_qa the subset of its variant rows)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--out', default=None,
                       help='markdown file (default <root>/<table>_<size>/TABLE.md); the JSON '
                            'goes next to it')
+  launch_submitit.add_arguments(parser)
   args, extra = parser.parse_known_args(argv)
   bad = [a for a in extra if not a.startswith('--config.')]
   if bad:
     parser.error(f'unrecognized arguments: {" ".join(bad)} (only --config.<key>=<value> '
                  'overrides are passed through)')
-  schemes = [s.strip() for s in args.schemes.split(',') if s.strip()]
-  unknown = [s for s in schemes if s not in registered]
+  valid = list(TABLES[args.table].get('variants') or registered)
+  schemes = [s.strip() for s in (args.schemes or ','.join(valid)).split(',') if s.strip()]
+  unknown = [s for s in schemes if s not in valid]
   if unknown or not schemes:
-    parser.error(f'unknown scheme(s) {", ".join(unknown) or "(none given)"}; valid schemes: '
-                 f'{", ".join(registered)}')
-  if args.parallel < 1:
+    kind = 'row' if 'variants' in TABLES[args.table] else 'scheme'
+    parser.error(f'unknown {kind}(s) {", ".join(unknown) or "(none given)"}; valid {kind}s: '
+                 f'{", ".join(valid)}')
+  if args.parallel is not None and args.parallel < 1:
     parser.error(f'--parallel must be >= 1, got {args.parallel}')
   args.schemes = list(dict.fromkeys(schemes))
   return args, extra
@@ -423,14 +523,20 @@ def main(argv=None) -> int:
     collect(row, args.table, args.size, args.seed, extra)
   code = 0
   if args.launch:
+    try:
+      executor = launch_submitit.from_args(args, table_dir(os.path.abspath(args.root), args.table,
+                                                           args.size),
+                                           f'{args.table}_{args.size}', args.parallel)
+    except ConfigError as err:
+      print(f'error: {err}', file=sys.stderr)
+      return 2
     todo = [row for row in rows if needs_launch(row)]
     if todo:
-      print(f'{args.table} ({args.size}): training {len(todo)} run(s), {args.parallel} at a '
-            f'time; logs in <workdir>/train.log', flush=True)
-      outcome = train_rows(todo, args.parallel)
+      print(f'{args.table} ({args.size}): training {len(todo)} run(s), {executor.describe()}; '
+            f'logs in <workdir>/train.log', flush=True)
+      outcome = train_rows(todo, args.parallel, executor=executor)
       if outcome is None:
-        print('\ninterrupted: the running trainings were stopped (they checkpoint on SIGTERM); '
-              'rerun the same command to resume', file=sys.stderr)
+        print(f'\ninterrupted: {executor.on_interrupt}', file=sys.stderr)
         code = 130
       elif any(exit_code != 0 for exit_code, _ in outcome.values()):
         code = 1

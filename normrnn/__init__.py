@@ -4,6 +4,7 @@ Public API (README, "Python API"):
   normrnn.NormRNN                      drop-in for flax's nn.RNN with any registered scheme
   normrnn.norms.NORMS, register        the scheme registry (one file per scheme)
   normrnn.models.RNNSpec, SequenceClassifier, CharLM, build_model
+  normrnn.reader.AttentiveReader, ReaderSpec   the Attentive Reader (question answering)
   normrnn.recurrent.Recurrent, RecurrentStack   the one recurrent scan
   normrnn.experiment.Experiment        build / train step / evaluate / re-estimate / final metrics
   normrnn.trainer.train_and_evaluate   the training loop with checkpoints and logging

@@ -46,7 +46,8 @@ def _hold(keep, new, old):
 # `kernel_h_norm`, `input_norm` and `hoist_input` play the same roles in both.
 
 
-def _input_in_loop(cell) -> bool:
+def input_in_loop(cell) -> bool:
+  """True if the step computes the input term from x_t itself (else `hoist` did, for all steps)."""
   return not (cell.hoist_input or cell.scheme.input.needs_whole_sequence)
 
 
@@ -55,7 +56,7 @@ def _hoist_input_term(cell, x, mask, stats, carry):
   computes it, the normalized input term N_x(W_x x_t) for all steps."""
   kernel_x = cell.kernel_x_norm(cell.kernel_x)
   consts = dict(kernel_h=cell.kernel_h_norm(cell.kernel_h))
-  if _input_in_loop(cell):  # the step projects and normalizes x_t itself
+  if input_in_loop(cell):  # the step projects and normalizes x_t itself
     return x, dict(consts, kernel_x=kernel_x), {}, carry
   a = jnp.einsum('tbd,dk->tbk', x, kernel_x)
   a, moments, state = cell.input_norm(a, x=x, mask=mask, stats=stats.get('input'),
@@ -68,7 +69,7 @@ def _input_term_step(cell, carry, inputs_t, mask_t, stats_t, consts):
   """The step's normalized input term, its moments and the norm state (input site updated when
   the step computes it; `inputs_t` is then x_t, else the hoisted term)."""
   moments, norm_state = {}, dict(carry['norm'])
-  if _input_in_loop(cell):
+  if input_in_loop(cell):
     inputs_t, moments['input'], norm_state['input'] = cell.input_norm(
         inputs_t @ consts['kernel_x'], x=inputs_t, mask=mask_t, stats=stats_t.get('input'),
         state=carry['norm']['input'])

@@ -16,6 +16,14 @@ Layout of `directory`:
                               it, so a resumed run can compare its config with the one that
                               produced the checkpoint.
 
+Several processes (a multi-process job, normrnn/parallel.py): every process opens the same
+(shared) directory and calls `save` and `restore` for the same steps in the same order; orbax
+writes each process's shards of the state and its primary process (process 0,
+`MultiprocessingOptions(primary_host=0)`) creates the directory, commits each checkpoint (the
+rename of the temporary directory) and deletes old ones, with barriers between the processes.
+The files this class adds (the leftover cleanup at open and config_at_checkpoint.json) are
+likewise touched by process 0 alone; the others wait for its cleanup at a barrier.
+
 Storage failures (a full disk, a read-only or unwritable directory, ...) raise
 normrnn.storage.StorageError, one line naming the directory, the OS reason, what to do and the
 step a rerun resumes from; a failed save leaves the directory as it was (every complete
@@ -37,6 +45,9 @@ import shutil
 import sys
 from typing import Any, Iterator
 
+import hashlib
+import itertools
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -49,6 +60,18 @@ _PENDING_CONFIG = CONFIG_FILE + '.pending'
 TMP_MARK = '.orbax-checkpoint-tmp'  # orbax's temporary-directory suffix (see the layout above)
 
 logger = logging.getLogger(__name__)
+_barriers = itertools.count()  # barrier names must be unique within a job
+
+
+def _primary() -> bool:
+  """True in the process that owns the directory's bookkeeping (always, in one process)."""
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  """A barrier of all processes of a multi-process job (a no-op in one process)."""
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(f'normrnn_{name}_{next(_barriers)}')
 
 
 class Checkpointer:
@@ -92,12 +115,25 @@ class Checkpointer:
 
   def _open(self, *, keep_pending_config: bool = False) -> None:
     if not self._read_only:
-      self._remove_leftovers(keep_pending_config)
+      if _primary():
+        self._remove_leftovers(keep_pending_config)
+      _sync('checkpoint_open')  # nobody opens the directory while process 0 cleans it
     # Leftovers are removed above, synchronously: orbax's cleanup_tmp_directories runs in a
     # thread that only a save waits for, and that fails when the process exits first.
-    options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep,
-                                           create=not self._read_only,
-                                           cleanup_tmp_directories=False)
+    # The barrier prefix keeps the barriers of two Checkpointers (checkpoints/ and best/, which
+    # may save the same step) apart.
+    prefix = 'normrnn_' + hashlib.sha1(self.directory.encode()).hexdigest()[:12]
+    # Several processes: synchronous saves. orbax's barriers are device collectives (gloo on
+    # CPU); an async save issues them from its commit and finalize threads while the main
+    # thread issues its own, and two threads' collectives can reach the processes in different
+    # orders (seen here: gloo "Received data size doesn't match expected size"). `save` waits
+    # for the checkpoint anyway, so nothing is lost.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=self._max_to_keep, create=not self._read_only,
+        cleanup_tmp_directories=False,
+        enable_async_checkpointing=jax.process_count() == 1,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=0, barrier_sync_key_prefix=prefix))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def _remove_leftovers(self, keep_pending_config: bool = False) -> None:
@@ -164,6 +200,8 @@ class Checkpointer:
       return False
     what = f'the checkpoint of step {step}'
     pending = os.path.join(self.directory, _PENDING_CONFIG)
+    if not _primary():  # the config file is process 0's (see the module docstring)
+      config = None
     if config is not None:
       # Written before the checkpoint, so that once it is complete the config only needs a
       # rename, which cannot fail for want of space.
@@ -187,14 +225,16 @@ class Checkpointer:
       if config is not None and step in self._manager.all_steps():
         with contextlib.suppress(OSError):
           os.replace(pending, os.path.join(self.directory, CONFIG_FILE))
-      _remove(pending)
+      if config is not None:
+        _remove(pending)
       err = StorageError.from_exception(e, what, self.directory,
                                         resume_step=self._manager.latest_step())
       if err is None:
         raise
       raise err from e
     if not saved:
-      _remove(pending)
+      if config is not None:
+        _remove(pending)
       self._warn_skipped(step)
       return False
     if config is not None:
@@ -228,7 +268,9 @@ class Checkpointer:
 
     Args:
       step: a step listed by `all_steps()`.
-      target: a pytree shaped like the saved state, e.g. a freshly initialised state.
+      target: a pytree shaped like the saved state, e.g. a freshly initialised state (its arrays'
+        shardings are those of the result, whatever the device layout at save time was) or
+        `jax.eval_shape` of one (leaves without a sharding land on the first local device).
 
     Returns:
       The restored pytree, with the same tree structure as `target`.
@@ -243,7 +285,7 @@ class Checkpointer:
       raise FileNotFoundError(f'no complete checkpoint for step {step} in {self.directory}; '
                               f'available steps: {steps or "none"}')
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(_arrays(target)))
+      return self._manager.restore(step, args=ocp.args.StandardRestore(_restore_target(target)))
     except ValueError as e:
       raise ValueError(f'cannot restore step {step} of {self.directory} into the given target '
                        f'(does the model/optimizer config match the checkpoint?): {e}') from e
@@ -319,6 +361,19 @@ def _remove(*paths: str) -> None:
   for path in paths:
     with contextlib.suppress(OSError):
       os.remove(path)
+
+
+def _restore_target(tree: Any) -> Any:
+  """The restore target: `_arrays(tree)` with every abstract leaf (jax.ShapeDtypeStruct) that
+  has no sharding placed on the first local device. Without a sharding orbax would use the
+  saved one, which fails on another device layout (a run saved on 4 devices read on 1)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(x):
+    if isinstance(x, jax.ShapeDtypeStruct) and x.sharding is None:
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+    return x
+  return jax.tree.map(leaf, _arrays(tree))
 
 
 def _arrays(tree: Any) -> Any:

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from normrnn import losses, models, optim, popstats
+from normrnn import losses, models, optim, parallel, popstats
 from normrnn.config.schema import EVAL_PREFIX, validate
 from normrnn.data import make_task
 
@@ -50,7 +50,14 @@ def params_digest(params) -> str:
   return h.hexdigest()
 
 
+# The positional model arguments of each batch layout (normrnn.data.tasks): question answering
+# (normrnn.reader.AttentiveReader) has its own; the others are (inputs, mask).
+QA_INPUTS = ('document', 'document_mask', 'query', 'query_mask', 'candidates')
+
+
 def model_inputs(batch):
+  if 'document' in batch:
+    return tuple(batch[k] for k in QA_INPUTS)
   return batch['inputs'], batch['mask']
 
 
@@ -58,6 +65,8 @@ def loss_sums(kind, logits, batch):
   """Summed loss, correct predictions and count of one batch (see `normrnn.losses`)."""
   if kind == 'classify':
     return losses.classification(logits, batch['targets'], batch['weights'])
+  if kind == 'qa':
+    return losses.question_answering(logits, batch['answer'], batch['weights'])
   return losses.language_model(logits, batch['targets'], batch['mask'], batch['weights'])
 
 
@@ -152,7 +161,8 @@ class Experiment:
     """Validates `config` (ConfigError) and builds its task (DataError), model and optimizer."""
     validate(config, device_count=device_count)
     task = task if task is not None else make_task(config.data, config.seed)
-    model = models.build_model(config.model, kind=task.kind, num_classes=task.num_classes)
+    model = models.build_model(config.model, kind=task.kind, num_classes=task.num_classes,
+                               vocab_size=task.vocab_size)
     return cls(config=config, task=task, model=model, tx=optim.make_optimizer(config.optimizer))
 
   @property
@@ -168,7 +178,11 @@ class Experiment:
 
   def init_state(self) -> TrainState:
     """The initial TrainState (parameters from config.seed, on an example training batch)."""
-    return create_train_state(self.model, self.tx, self.task.train_batch(0), self.config.seed)
+    # Jitted: one compilation instead of one per primitive of an eager init (seconds in every
+    # fresh process); the values are bitwise those of the eager init.
+    init = jax.jit(functools.partial(create_train_state, self.model, self.tx,
+                                     seed=self.config.seed))
+    return init(self.task.train_batch(0))
 
   def abstract_state(self) -> TrainState:
     """Shapes and dtypes of `init_state()` without computing it (a restore target)."""
@@ -190,7 +204,8 @@ class Experiment:
     for i, batch in enumerate(batches):
       if max_batches != -1 and i >= max_batches:
         break
-      out = self._eval_step(params, batch_stats, self.place(batch), self.eval_rng, mode=mode)
+      out = parallel.settle(  # (several processes: one collective program at a time)
+          self._eval_step(params, batch_stats, self.place(batch), self.eval_rng, mode=mode))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     return losses.summarize(jax.device_get(sums), self.kind)
 
@@ -221,7 +236,8 @@ class Experiment:
       return batch_stats
     n = self.config.eval.reestimate_batches if num_batches is None else num_batches
     size = self.config.eval.reestimate_batch_size if batch_size is None else batch_size
-    batches = self.task.reestimate_batches(size, None if n == -1 else n)
+    # Placed like every other batch: on a mesh the moments are those of the global batch.
+    batches = map(self.place, self.task.reestimate_batches(size, None if n == -1 else n))
     return reestimate(self.model, params, batch_stats, batches, self.eval_rng)
 
   def test_stats(self, params, batch_stats) -> dict:
@@ -270,7 +286,7 @@ class Experiment:
       n = min(chunk, len(inputs) - start)
       x[0, :n], y[0, :n], mask[0, :n] = inputs[start:start + n], targets[start:start + n], 1.0
       # Any offset >= T_max clamps every position to the last row: two compilations suffice.
-      out, carries = run(carries, x, y, mask, offset=min(start, t_max))
+      out, carries = parallel.settle(run(carries, x, y, mask, offset=min(start, t_max)))
       sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
     m = losses.summarize(jax.device_get(sums), 'lm')
     return {f'{split}_stream/{k}': v for k, v in m.items()}

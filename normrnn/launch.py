@@ -12,15 +12,17 @@ where each one stands.
 A `Job` is one `python -m normrnn.train` run: a config file (with its `:arg`), a workdir and
 `--config.*` overrides. An executor runs a list of jobs to completion and returns each one's
 exit code and duration; `LocalLauncher` runs them as subprocesses of this machine, N at a time,
-each one's output appended to <workdir>/train.log. Another executor (a cluster scheduler) only
-has to implement `Executor.run` the same way; the jobs, their commands and `status` stay as they
-are.
+each one's output appended to <workdir>/train.log. `normrnn.launch_submitit.SubmititExecutor`
+runs the same commands as submitit jobs (SLURM, or submitit's local executor) and records each
+job in <workdir>/submitit.json; `status` then also asks the scheduler where the job stands
+(`pending (...)`, `running (...)`, `failed (slurm job ID STATE, ...)`).
 
 While a launcher trains a workdir, <workdir>/launch.pid holds the training process's id, so
 `status` reports it as running to any other process (a table printed meanwhile). When a training
 process ends, <workdir>/launch.json records its command, exit code and duration; `status` reads
 it to tell a failed run (see its train.log) from one that was stopped (SIGINT / SIGTERM make the
-training write a checkpoint and exit; launching it again resumes from there).
+training write a checkpoint and exit with 128 + the signal number; launching it again resumes
+from there).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -43,6 +46,9 @@ from normrnn.rundir import LOG, RESULTS, is_run_dir, read_json, read_run
 
 PID_FILE = 'launch.pid'  # the training process's id while a launcher runs it
 OUTCOME_FILE = 'launch.json'  # command, exit code, seconds and whether it was stopped
+SCHEDULER_FILE = 'submitit.json'  # the scheduler's job of this workdir (normrnn.launch_submitit)
+# The trainer's exit codes after it wrote a checkpoint on SIGINT / SIGTERM (128 + signal).
+STOPPED_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -158,17 +164,31 @@ def _workdir(job) -> str:
 
 
 def running_pid(workdir: str) -> int | None:
-  """The id of a live training process a launcher started in `workdir`, or None."""
+  """The id of a live training process a launcher started in `workdir`, or None. The pid file
+  holds the process id, and on a second line the host when a scheduler's job wrote it (a process
+  of another host is not looked up here)."""
   try:
     with open(os.path.join(workdir, PID_FILE), encoding='utf-8') as f:
-      pid = int(f.read().strip())
+      lines = f.read().split()
+    pid = int(lines[0])
+    if len(lines) > 1 and lines[1] != socket.gethostname():
+      return None
     os.kill(pid, 0)
-  except (OSError, ValueError):
+  except (OSError, ValueError, IndexError):
     return None
   return pid
 
 
-def status(job) -> str:
+def progress(workdir: str) -> str:
+  """'step S of N' from the run's metrics.jsonl and config.json, or 'nothing logged yet'."""
+  if is_run_dir(workdir):
+    run = read_run(workdir)
+    if run.last_step is not None:
+      return f'step {run.last_step} of {run.num_steps}'
+  return 'nothing logged yet'
+
+
+def status(job, scheduler_states: dict | None = None) -> str:
   """Where a job (or a workdir) stands, one of:
 
     'finished'                        results.json exists
@@ -176,15 +196,40 @@ def status(job) -> str:
     'failed (exit C, see <log>)'      the last launch ended with an error
     'incomplete (step S of N)'        started, not running (stopped, or the machine went down)
     'missing'                         nothing there yet
+
+  and for a workdir whose last launch was a scheduler's job (<workdir>/submitit.json), what the
+  scheduler says (`normrnn.launch_submitit.scheduled_status`): 'pending (slurm job J PENDING)',
+  'running (slurm job J, step S of N)' or 'failed (slurm job J STATE, see <job log>)'.
+  `scheduler_states`: the scheduler's states already queried for several jobs (`statuses`).
   """
   workdir = _workdir(job)
+  state = _workdir_status(workdir)
+  if state == 'finished':
+    return state
+  record = read_json(os.path.join(workdir, SCHEDULER_FILE))
+  if record is None:
+    return state
+  from normrnn import launch_submitit  # pylint: disable=g-import-not-at-top (submitit only here)
+  return launch_submitit.scheduled_status(workdir, state, record, scheduler_states)
+
+
+def statuses(jobs) -> list[str]:
+  """`status` of every job (or workdir), asking the scheduler once for all of them."""
+  workdirs = [_workdir(job) for job in jobs]
+  records = [read_json(os.path.join(w, SCHEDULER_FILE)) for w in workdirs
+             if not os.path.exists(os.path.join(w, RESULTS))]
+  states = None
+  if any(records):
+    from normrnn import launch_submitit  # pylint: disable=g-import-not-at-top
+    states = launch_submitit.job_states([r for r in records if r])
+  return [status(w, states) for w in workdirs]
+
+
+def _workdir_status(workdir: str) -> str:
+  """`status` from the workdir alone."""
   if os.path.exists(os.path.join(workdir, RESULTS)):
     return 'finished'
-  where = 'nothing logged yet'
-  if is_run_dir(workdir):
-    run = read_run(workdir)
-    if run.last_step is not None:
-      where = f'step {run.last_step} of {run.num_steps}'
+  where = progress(workdir)
   pid = running_pid(workdir)
   if pid is not None:
     return f'running (pid {pid}, {where})'
@@ -198,7 +243,7 @@ def status(job) -> str:
 
 def needs_run(state: str) -> bool:
   """Whether a job in this `status` should be (re)started: missing, incomplete or failed (not
-  finished, and not running under another launcher)."""
+  finished, not running under another launcher, not pending in a scheduler's queue)."""
   return state == 'missing' or state.startswith(('incomplete', 'failed'))
 
 
@@ -207,13 +252,22 @@ def needs_run(state: str) -> bool:
 class Executor(abc.ABC):
   """Runs a list of jobs to completion."""
 
+  # What became of the jobs when `run` returned None (printed by the scripts).
+  on_interrupt = ('the running points were stopped (they checkpoint on SIGTERM); rerun the '
+                  'same command to resume')
+
   @abc.abstractmethod
   def run(self, jobs, progress: bool = True) -> dict | None:
     """Runs `jobs`; returns {job.name: (exit code, seconds)}, or None if it was interrupted
     (the jobs still running were stopped and checkpointed; running them again resumes them)."""
 
+  def describe(self) -> str:
+    """How the jobs run, for a status line ('2 at a time')."""
+    return type(self).__name__
 
-def _raise_interrupt(signum, frame):
+
+def raise_interrupt(signum, frame):
+  """A SIGTERM handler: the launcher stops as on Ctrl-C."""
   del signum, frame
   raise KeyboardInterrupt
 
@@ -234,9 +288,16 @@ class LocalLauncher(Executor):
     self._stopping = threading.Event()
     self._lock = threading.Lock()
 
+  def describe(self) -> str:
+    return f'{self.parallel} at a time'
+
   def start(self, job: Job, log) -> subprocess.Popen:
     """Starts one training process with stdout and stderr going to `log` (an open file)."""
     return subprocess.Popen(job.command(self.python), stdout=log, stderr=subprocess.STDOUT)
+
+  def pid_text(self, proc) -> str:
+    """The pid file's text while `proc` trains."""
+    return f'{proc.pid}\n'
 
   def run_one(self, job: Job) -> tuple[int, float]:
     """Trains one job to its end; (exit code, seconds). The pid file marks it as running
@@ -262,7 +323,7 @@ class LocalLauncher(Executor):
         else:
           self._running.add(proc)
           with open(pid_path, 'w', encoding='utf-8') as f:
-            f.write(f'{proc.pid}\n')
+            f.write(self.pid_text(proc))
       code = 127
       if proc is not None:
         try:
@@ -274,7 +335,7 @@ class LocalLauncher(Executor):
               os.remove(pid_path)
     seconds = time.time() - t0
     write_json_atomic(outcome_path, dict(command=command, exit_code=code, seconds=seconds,
-                                         stopped=self._stopping.is_set()))
+                                         stopped=self._stopping.is_set() or code in STOPPED_CODES))
     return code, seconds
 
   def stop(self) -> None:
@@ -291,13 +352,16 @@ class LocalLauncher(Executor):
     if len(set(names)) != len(names):
       raise ValueError(f'job names must be unique: {names}')
     self._stopping.clear()
+    for job in jobs:  # this pool takes the points over from a scheduler's earlier jobs
+      if os.path.exists(os.path.join(job.workdir, SCHEDULER_FILE)):
+        os.remove(os.path.join(job.workdir, SCHEDULER_FILE))
     outcome = {}
     bar = None
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       bar = tqdm(total=len(jobs), desc=desc, unit='run', dynamic_ncols=True)
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
+    previous = signal.signal(signal.SIGTERM, raise_interrupt) if in_main else None
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.parallel)
     try:
       futures = {pool.submit(self.run_one, job): job for job in jobs}

@@ -24,13 +24,30 @@ def language_model(logits, targets, mask, weights):
   return dict(loss=jnp.sum(ce * w), correct=jnp.sum(correct * w), count=jnp.sum(w))
 
 
+def question_answering(logits, answer, weights):
+  """Cross-entropy of the answer over candidate-masked logits [batch, E] (-inf = not a candidate;
+  `normrnn.reader`) -> sums {'loss', 'correct'} and 'count'.
+
+  An example whose answer is not among its candidates (possible when a document is cut to its
+  most relevant sentences, Cooijmans et al. 2016 App. B) is counted as an error but adds no loss
+  (its cross-entropy is infinite and its gradient zero); so do padding rows (weights 0, possibly
+  without any candidate). Every example counts in `count`, so error = 1 - correct / count.
+  """
+  label_logit = jnp.take_along_axis(logits, answer[:, None], axis=-1)[:, 0]
+  answerable = jnp.isfinite(label_logit) & (weights > 0)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, answer)
+  correct = ((jnp.argmax(logits, -1) == answer) & answerable).astype(jnp.float32)
+  return dict(loss=jnp.sum(jnp.where(answerable, ce * weights, 0.0)),
+              correct=jnp.sum(correct * weights), count=jnp.sum(weights))
+
+
 def summarize(sums, kind: str) -> dict:
-  """Turns summed statistics into metrics: loss (nats), error, and acc or bpc."""
+  """Turns summed statistics into metrics: loss (nats), error, and acc (classify, qa) or bpc."""
   count = max(float(sums['count']), 1.0)
   loss = float(sums['loss']) / count
   acc = float(sums['correct']) / count
   out = dict(loss=loss, error=1.0 - acc)
-  if kind == 'classify':
+  if kind in ('classify', 'qa'):
     out['acc'] = acc
   else:
     out['bpc'] = loss / LN2

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from normrnn import kernels
 from normrnn.norms import base
 
 
@@ -51,6 +52,25 @@ def _scan_body(cell, carry, xs, consts):
   return carry, (y, moments)
 
 
+def update_table(table, m, rate: float, *, per_step: bool) -> None:
+  """pop <- (1 - rate) * pop + rate * batch, only where this batch had valid positions.
+
+  `table` is the (mean, var) pair of flax variables of one site ([max_time_steps, F] per-step or
+  [F] shared), `m` this batch's moments {'mean', 'var', 'count'} (`normrnn.reader` uses it too).
+  """
+  mean_v, var_v = table
+  if per_step:
+    n = m['mean'].shape[0]
+    seen = (m['count'] > 0)[:, None]
+    for v, new in ((mean_v, m['mean']), (var_v, m['var'])):
+      old = v.value[:n]
+      v.value = v.value.at[:n].set(jnp.where(seen, (1 - rate) * old + rate * new, old))
+  else:
+    seen = m['count'] > 0
+    for v, new in ((mean_v, m['mean']), (var_v, m['var'])):
+      v.value = jnp.where(seen, (1 - rate) * v.value + rate * new, v.value)
+
+
 class Recurrent(nn.Module):
   """Runs `cell` over a sequence.
 
@@ -63,6 +83,9 @@ class Recurrent(nn.Module):
     reverse: process each sequence's valid part back to front.
     unroll: steps per loop iteration (`lax.scan` unroll).
     remat: recompute each step's activations in the backward pass (memory for time).
+    kernel: 'scan' (the reference: `nn.scan` over `cell.step`, autodiff) or a kernel of
+      `normrnn.kernels.KERNELS` that runs the same loop with the same values (model.kernel);
+      initialization always runs the scan (same parameters whichever kernel trains).
   """
   cell: nn.Module
   max_time_steps: int
@@ -70,6 +93,7 @@ class Recurrent(nn.Module):
   reverse: bool = False
   unroll: int = 1
   remat: bool = False
+  kernel: str = kernels.SCAN
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -149,10 +173,16 @@ class Recurrent(nn.Module):
     consts = dict(cell=cell_consts,
                   shared_stats={s: lookup[s] for s in loop_sites if s not in per_step})
 
-    body = nn.remat(_scan_body, prevent_cse=False) if self.remat else _scan_body
-    scan = nn.scan(body, variable_broadcast='params', split_rngs={'params': False},
-                   in_axes=(0, nn.broadcast), out_axes=0, unroll=self.unroll)
-    carry, (ys, loop_moments) = scan(cell, carry0, xs, consts)
+    if self.kernel != kernels.SCAN:  # the one dispatch point (checked before init, too)
+      kernel = kernels.for_layer(self.kernel, cell, remat=self.remat, unroll=self.unroll)
+    if self.kernel != kernels.SCAN and not self.is_initializing():
+      carry, (ys, loop_moments) = kernel.run(cell, carry0, xs, consts, unroll=self.unroll,
+                                             remat=self.remat)
+    else:
+      body = nn.remat(_scan_body, prevent_cse=False) if self.remat else _scan_body
+      scan = nn.scan(body, variable_broadcast='params', split_rngs={'params': False},
+                     in_axes=(0, nn.broadcast), out_axes=0, unroll=self.unroll)
+      carry, (ys, loop_moments) = scan(cell, carry0, xs, consts)
     outputs = jnp.swapaxes(ys, 0, 1)
     if self.reverse:
       outputs = reverse_valid(outputs, lengths)
@@ -168,23 +198,8 @@ class Recurrent(nn.Module):
         self.sow('moments', 'sites', moments, init_fn=lambda: None, reduce_fn=lambda _, new: new)
       if self.is_mutable_collection('batch_stats') and not self.is_initializing():
         for site, m in moments.items():
-          self._update_table(tables[site], m, per_step=site in per_step)
+          update_table(tables[site], m, self.stats_rate, per_step=site in per_step)
     return outputs, carry
-
-  def _update_table(self, table, m, *, per_step: bool):
-    """pop <- (1 - rate) * pop + rate * batch, only where this batch had valid positions."""
-    mean_v, var_v = table
-    rate = self.stats_rate
-    if per_step:
-      n = m['mean'].shape[0]
-      seen = (m['count'] > 0)[:, None]
-      for v, new in ((mean_v, m['mean']), (var_v, m['var'])):
-        old = v.value[:n]
-        v.value = v.value.at[:n].set(jnp.where(seen, (1 - rate) * old + rate * new, old))
-    else:
-      seen = m['count'] > 0
-      for v, new in ((mean_v, m['mean']), (var_v, m['var'])):
-        v.value = jnp.where(seen, (1 - rate) * v.value + rate * new, v.value)
 
 
 class RecurrentStack(nn.Module):
@@ -192,7 +207,7 @@ class RecurrentStack(nn.Module):
 
   Attributes:
     cells: one unbound cell per layer (input_features of layer l+1 = hidden of layer l).
-    max_time_steps, stats_rate, unroll, remat: as in `Recurrent`, shared by all layers.
+    max_time_steps, stats_rate, unroll, remat, kernel: as in `Recurrent`, shared by all layers.
     reverse: per-layer direction flags (same length as cells).
   """
   cells: tuple
@@ -201,6 +216,7 @@ class RecurrentStack(nn.Module):
   reverse: tuple
   unroll: int = 1
   remat: bool = False
+  kernel: str = kernels.SCAN
 
   @nn.compact
   def __call__(self, x, mask=None, *, probe=None, initial_carries=None, position_offset=0):
@@ -211,7 +227,7 @@ class RecurrentStack(nn.Module):
       init = None if initial_carries is None else initial_carries[i]
       # A fresh copy, so that its parameters live under layer_i/cell next to layer_i's tables.
       layer = Recurrent(cell.clone(parent=None), self.max_time_steps, self.stats_rate, rev,
-                        self.unroll, self.remat, name=f'layer_{i}')
+                        self.unroll, self.remat, self.kernel, name=f'layer_{i}')
       x, carry = layer(x, mask, probe=probe if i == len(self.cells) - 1 else None,
                        initial_carry=init, position_offset=position_offset)
       carries.append(carry)

@@ -71,7 +71,7 @@ import jax
 import jax.numpy as jnp
 
 from normrnn import cells
-from normrnn.norms import NormOptions, get_scheme
+from normrnn.norms import NormOptions, compose, site_pairs
 from normrnn.norms.scheme import CELL_SITES
 from normrnn.recurrent import Recurrent, reverse_valid
 
@@ -107,6 +107,9 @@ class NormRNN(nn.Module):
     time_major: must be False (kept so that `nn.RNN`'s keyword is accepted).
     use_running_average: mode for schemes with population statistics, merged with the call
       argument as in `nn.BatchNorm` (exactly one of the two must be set for those schemes).
+    sites: per-site schemes, (site, scheme name) pairs or a mapping, e.g.
+      `NormRNN(128, norm='batch', sites=(('input', 'sequence'),))` is BN-e* (sequence-wise
+      statistics for the input term, per-step for the rest; `normrnn.norms.compose`).
   """
   features: int
   norm: str = 'batch'
@@ -125,13 +128,17 @@ class NormRNN(nn.Module):
   keep_order: bool = False
   time_major: bool = False
   use_running_average: bool | None = None
+  sites: Any = ()
+
+  def _scheme(self):
+    return compose(self.norm, **dict(site_pairs(self.sites)))
 
   def __post_init__(self):
     # Checked at construction so that a wrong name fails on the line that wrote it.
-    scheme = get_scheme(self.norm)
+    scheme = self._scheme()
     cells.get_cell(self.cell)
     if self.cell not in scheme.cells:
-      raise ValueError(f'scheme {self.norm!r} has no {self.cell} form; its cells: '
+      raise ValueError(f'scheme {scheme.name!r} has no {self.cell} form; its cells: '
                        f'{", ".join(scheme.cells)}')
     if self.features < 1:
       raise ValueError(f'NormRNN features must be >= 1, got {self.features}')
@@ -181,7 +188,7 @@ class NormRNN(nn.Module):
       raise ValueError(f'NormRNN expects inputs of shape [batch, time, features] (one batch '
                        f'axis), got {inputs.shape}')
     batch, length, in_features = inputs.shape
-    scheme = get_scheme(self.norm)
+    scheme = self._scheme()
     kinds = _stats_kinds(scheme, self.cell)
     if kinds and self.use_running_average is None and use_running_average is None:
       raise ValueError(

@@ -10,6 +10,11 @@ code 2; --verbose shows the traceback instead. A full disk during training ends 
 the last complete checkpoint kept for the rerun. The INFO logs of jax, orbax and absl are hidden
 unless --library_logs is given: stderr holds the progress bar, one line per evaluation, the
 resume line and the final summary.
+
+Several processes (hosts) run one job with --config.train.distributed=True: every process runs
+the same command plus who it is (--coordinator_address, --num_processes, --process_id, or the
+cluster environment); see README.md, "Several processes and hosts". Process 0 alone writes the
+metrics, results and console output; all of them write and read the checkpoints.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from ml_collections import config_flags
 
 from normrnn import parallel
 from normrnn.config import ConfigError, load_config
+from normrnn.config.schema import check_distributed
 from normrnn.data import DataError
 from normrnn.storage import StorageError
 
@@ -32,9 +38,21 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and res
 flags.DEFINE_bool('verbose', False, 'Show the full traceback of configuration and data errors.')
 flags.DEFINE_bool('library_logs', False,
                   'Show the INFO log lines of jax, orbax and absl (hidden by default).')
+# Multi-process runs (--config.train.distributed=True): who this process is. Unset values come
+# from the environment (JAX_COORDINATOR_ADDRESS, or SLURM / Open MPI / Kubernetes, which
+# jax.distributed.initialize detects).
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0 in a multi-process run (default: from the '
+                    'environment).')
+flags.DEFINE_integer('num_processes', None,
+                     'Processes in a multi-process run (default: from the environment).')
+flags.DEFINE_integer('process_id', None,
+                     "This process's index in a multi-process run (default: from the "
+                     'environment).')
 
 USAGE = ('usage: python -m normrnn.train --config=configs/<task>.py[:<arg>] --workdir=<dir> '
-         '[--config.<field>=<value> ...] [--verbose] [--library_logs]')
+         '[--config.<field>=<value> ...] [--verbose] [--library_logs] '
+         '[--coordinator_address=<host:port> --num_processes=<n> --process_id=<i>]')
 
 
 def _one_line(err: BaseException) -> tuple[str, str]:
@@ -89,6 +107,22 @@ def _unknown_field_message(argv, flag: str) -> str:
   return f'unknown config field {dotted!r}'
 
 
+def _initialize_distributed(train) -> None:
+  """jax.distributed.initialize from the flags / environment; a launch mistake (no coordinator,
+  a bad process id) is a usage error, one line."""
+  check_distributed(train)
+  try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id,
+                                    heartbeat_timeout_s=train.heartbeat_timeout_s,
+                                    init_timeout_s=train.init_timeout_s)
+  except (ValueError, TypeError) as err:
+    raise flags.Error(
+        f'--config.train.distributed=True: {err} Pass --coordinator_address=<host:port of '
+        'process 0> --num_processes=<n> --process_id=<i> (or set JAX_COORDINATOR_ADDRESS, or run '
+        'under SLURM, which jax detects).') from err
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
   verbose = any(a in ('--verbose', '--verbose=true', '--verbose=True') for a in argv)
@@ -111,8 +145,8 @@ def main(argv=None) -> int:
     if FLAGS.library_logs:
       logging.use_absl_handler()
       logging.set_verbosity(logging.INFO)
-    if FLAGS.config.train.distributed:  # before anything touches jax (multi-host)
-      parallel.initialize_distributed()
+    if FLAGS.config.train.distributed:  # before anything touches jax (multi-process)
+      _initialize_distributed(FLAGS.config.train)
     from normrnn import trainer  # pylint: disable=g-import-not-at-top
     results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (flags.Error, ConfigError, DataError, StorageError) as err:
@@ -123,7 +157,8 @@ def main(argv=None) -> int:
     if kind == 'usage':
       print(USAGE, file=sys.stderr)
     return 2
-  print(' '.join(f'{k}={v:.4f}' for k, v in sorted(results['metrics'].items())))
+  if parallel.is_primary():  # one process prints a multi-process job's numbers
+    print(' '.join(f'{k}={v:.4f}' for k, v in sorted(results['metrics'].items())))
   return 0
 
 

@@ -5,6 +5,16 @@ checkpoint of the workdir if there is one, then train with periodic logging, eva
 population and/or batch statistics), model selection and checkpoints, and finally re-estimate
 the population statistics of the selected model and evaluate it on the test split.
 Workdir: config.json, metrics.jsonl, checkpoints/, best/, tensorboard/, results.json.
+
+Several processes (`train.distributed`, normrnn/parallel.py): every process runs this same loop
+on its share of every batch and takes part in every jitted computation (training, evaluation,
+re-estimation; their results are replicated, so every process sees the same metrics and makes
+the same decisions, e.g. which step is best). Process 0 alone writes config.json, metrics.jsonl,
+TensorBoard, wandb, best.json, wall_time.json and results.json and prints the progress bar and
+console lines; all processes write and read the checkpoints (normrnn/checkpoint.py). SIGTERM
+(preemption) is then agreed on through jax's preemption sync manager: every process saves the
+same step and exits. A process that dies makes the others exit non-zero within
+`train.heartbeat_timeout_s` (jax's coordination service).
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ from normrnn.config.schema import check_resume
 from normrnn.experiment import Experiment, TrainState, params_digest  # noqa: F401 (re-export)
 from normrnn.jsonio import write_json_atomic
 from normrnn.storage import check_writable, storage_errors
-from normrnn.writers import MetricWriter
+from normrnn.writers import MetricWriter, NullWriter
 
 
 class _Stop:
@@ -46,21 +56,26 @@ class _Stop:
 def _hardware():
   devices = jax.devices()
   return dict(platform=devices[0].platform, device_kind=devices[0].device_kind,
-              device_count=len(devices), cpu_count=os.cpu_count(), machine=platform.machine(),
+              device_count=len(devices), process_count=jax.process_count(),
+              cpu_count=os.cpu_count(), machine=platform.machine(),
               jax=jax.__version__, flax=flax.__version__, python=platform.python_version())
 
 
 def _mesh(config):
   """The data-parallel mesh of `train.num_devices` (validated), or None for a single device."""
   n = config.train.num_devices
-  return None if n == 1 else parallel.make_mesh(None if n == -1 else n)
+  if n == 1 and jax.process_count() == 1:
+    return None
+  return parallel.make_mesh(None if n == -1 else n)
 
 
 def _place_batch(batch, *, mesh):
   """Splits a batch over the mesh; a batch whose size the devices do not divide (the last
   evaluation batch of a split) is computed replicated instead. Either way the sums are those of
-  the whole batch."""
-  if len(next(iter(batch.values()))) % mesh.shape[parallel.DATA_AXIS]:
+  the whole batch. (Several processes: `batch` is this process's share, and the config was
+  validated to make every batch divisible.)"""
+  if (jax.process_count() == 1
+      and len(next(iter(batch.values()))) % mesh.shape[parallel.DATA_AXIS]):
     return parallel.replicate(batch, mesh)
   return parallel.shard_batch(batch, mesh)
 
@@ -103,7 +118,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   exp = Experiment.from_config(config)
   check_writable(workdir)
   task = exp.task
+  primary = parallel.is_primary()
+  mesh = _mesh(config)
+  if mesh is not None and jax.process_count() > 1:
+    task.set_share(*parallel.process_share(mesh))  # this process builds only its rows
   state = exp.init_state()
+  if mesh is not None:  # the state replicated (a restore keeps this sharding)
+    state = parallel.replicate(state, mesh)
 
   config_dict = json.loads(config.to_json())
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -120,19 +141,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
       with open(best_path) as f:
         best = json.load(f)
     earlier = _wall_time_before(workdir, start)
-    print(f'Resuming from the checkpoint at step {start} in {workdir}', file=sys.stderr)
-  writer = MetricWriter(workdir, config=config_dict, wandb_mode=config.wandb.mode,
-                        wandb_project=config.wandb.project, wandb_group=config.wandb.group,
-                        wandb_name=config.wandb.name or os.path.basename(os.path.abspath(workdir)),
-                        wandb_tags=tuple(config.wandb.tags),
-                        wandb_init_timeout_s=config.wandb.init_timeout_s,
-                        tensorboard=config.wandb.tensorboard, resume_step=start)
+    if primary:
+      print(f'Resuming from the checkpoint at step {start} in {workdir}', file=sys.stderr)
+  if primary:
+    writer = MetricWriter(
+        workdir, config=config_dict, wandb_mode=config.wandb.mode,
+        wandb_project=config.wandb.project, wandb_group=config.wandb.group,
+        wandb_name=config.wandb.name or os.path.basename(os.path.abspath(workdir)),
+        wandb_tags=tuple(config.wandb.tags), wandb_init_timeout_s=config.wandb.init_timeout_s,
+        tensorboard=config.wandb.tensorboard, resume_step=start)
+  else:  # process 0 writes the metrics of the whole job
+    writer = NullWriter()
 
-  mesh = _mesh(config)
   if mesh is None:
     train_step = jax.jit(exp.train_step(), donate_argnums=0)
   else:  # the state replicated, every batch split over the 'data' axis of the mesh
-    state = parallel.replicate(state, mesh)
     train_step = parallel.jit_data_parallel(exp.train_step(), mesh, donate=True)
     exp.place = functools.partial(_place_batch, mesh=mesh)
   place = exp.place
@@ -148,11 +171,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def save(step):
     with storage_errors('a checkpoint', ckpt.directory, resume_step=ckpt.latest_step):
       ckpt.save(step, state, config=config_dict)
-      _record_wall_time(workdir, step, elapsed())
+      if primary:
+        _record_wall_time(workdir, step, elapsed())
 
   stop = _Stop()
-  previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-  bar = tqdm(total=num_steps, initial=first, disable=not config.train.progress_bar,
+  # One process: SIGTERM / SIGINT set `stop`. Several: SIGTERM stays with jax's preemption sync
+  # manager (installed by jax.distributed.initialize), which makes every process stop at the
+  # same step (`parallel.preemption_point`); a process stopping alone would leave the others
+  # waiting in a collective.
+  handled = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else ()
+  previous = {s: signal.signal(s, stop) for s in handled}
+  bar = tqdm(total=num_steps, initial=first,
+             disable=not (config.train.progress_bar and primary),
              dynamic_ncols=True, desc=f'{config.task}/{config.model.norm.name}')
   window_start, acc, acc_n = first, None, 0
   headline = [config.eval.select_metric] + [
@@ -160,20 +190,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if k != config.eval.select_metric]
   try:
     for step in range(first + 1, num_steps + 1):
-      state, metrics = train_step(state, place(task.train_batch(step - 1)))
+      state, metrics = parallel.settle(train_step(state, place(task.train_batch(step - 1))))
       acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
       acc_n += 1
       bar.update(1)
       if step % config.train.log_every_steps == 0 or step == num_steps:
-        host = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
+        host = {k: float(v) / acc_n for k, v in parallel.to_host(acc).items()}
         if not all(np.isfinite(v) for v in host.values()):
           raise FloatingPointError(
               f'non-finite training metrics {host} between steps {window_start + 1} and {step}. '
               f'The last good checkpoint (step {ckpt.latest_step()}) is kept; lower the learning '
               'rate or check the data, then rerun the same command to resume from it.')
         named = {'train/loss': host['loss'],
-                 ('train/acc' if task.kind == 'classify' else 'train/bpc'):
-                     host['correct'] if task.kind == 'classify' else host['loss'] / losses.LN2,
+                 ('train/bpc' if task.kind == 'lm' else 'train/acc'):
+                     host['loss'] / losses.LN2 if task.kind == 'lm' else host['correct'],
                  'train/grad_norm': host['grad_norm'], 'train/update_norm': host['update_norm'],
                  'train/param_norm': host['param_norm']}
         with storage_errors('metrics', workdir, resume_step=ckpt.latest_step()):
@@ -189,11 +219,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
           if improved:
             best = dict(step=step, value=value, metric=config.eval.select_metric)
             best_ckpt.save(step, state, config=config_dict)
-            write_json_atomic(best_path, best)
-        bar.write(f'step {step}: {_fmt(metrics, headline[:3])}'
-                  + (' (best so far)' if improved else ''), file=sys.stderr)
+            if primary:
+              write_json_atomic(best_path, best)
+        if primary:
+          bar.write(f'step {step}: {_fmt(metrics, headline[:3])}'
+                    + (' (best so far)' if improved else ''), file=sys.stderr)
       if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
         save(step)
+      if parallel.preemption_point(step):
+        stop.signal = signal.SIGTERM
       if stop.signal is not None:
         save(step)
         bar.close()
@@ -221,10 +255,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
       command=' '.join(sys.argv))
   with storage_errors('the results', workdir, resume_step=ckpt.latest_step()):
     writer.write_final(int(state.step), results_metrics)
-    write_json_atomic(os.path.join(workdir, 'results.json'), results)
+    if primary:
+      write_json_atomic(os.path.join(workdir, 'results.json'), results)
   writer.close()
   ckpt.close()
   best_ckpt.close()
+  if not primary:
+    return results
   keys = [k for k in ('test_stream/bpc', 'test/bpc', 'test/acc', 'test/loss', 'test_batch/acc',
                       'test_batch/bpc') if k in results_metrics]
   print(f'{config.task}/{config.model.norm.name}: {_fmt(results_metrics, keys[:3])} (model of '

@@ -1,4 +1,5 @@
-"""MetricWriter: one metric vocabulary for JSONL, wandb and TensorBoard.
+"""MetricWriter: one metric vocabulary for JSONL, wandb and TensorBoard (NullWriter: the same
+interface for the processes of a multi-process job that write nothing).
 
 Every run writes into its workdir:
   config.json       the run's full config (sorted keys, indent 2), rewritten at each start.
@@ -216,6 +217,33 @@ class MetricWriter:
       logger.warning('wandb %s failed (%s: %s); wandb is off for the rest of this run, '
                      'metrics.jsonl is complete.', what, type(e).__name__, e)
       self._run = None
+
+
+class NullWriter:
+  """MetricWriter's interface writing nothing: the writer of every process of a multi-process job
+  but process 0, which alone writes the workdir's metric files. It still checks the metrics, so
+  a bad key or value fails in every process alike."""
+
+  wandb_run = None
+
+  def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+    del step
+    for key, value in metrics.items():
+      _scalar(key, value)
+
+  write_final = write
+
+  def summary(self, metrics: Mapping[str, Any]) -> None:
+    self.write(0, metrics)
+
+  def close(self) -> None:
+    pass
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 def _scalar(key: str, value: Any) -> float:

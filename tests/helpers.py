@@ -25,21 +25,22 @@ def options(scheme):
 
 def make_layer(scheme, *, train, hidden=3, features=2, t_max=5, reverse=False, cell='lstm',
                recurrent_init='orthogonal', unroll=1, remat=False, h0_noise=0.0,
-               hoist_input=True):
+               hoist_input=True, kernel='scan'):
   cell_cls = cells.get_cell(cell)
   c = cell_cls(hidden, features, NORMS[scheme], options(scheme), recurrent_init, 1.0, h0_noise,
                train, hoist_input)
   return recurrent.Recurrent(c, max_time_steps=t_max, stats_rate=RATE, reverse=reverse,
-                             unroll=unroll, remat=remat)
+                             unroll=unroll, remat=remat, kernel=kernel)
 
 
-def check_gradients(scheme, *, cell='lstm'):
+def check_gradients(scheme, *, cell='lstm', **layer):
   """Reverse-mode gradients of a small layer w.r.t. parameters and inputs against finite
-  differences, in float64, training mode, with a masked (shorter) sequence."""
+  differences, in float64, training mode, with a masked (shorter) sequence. `layer`: further
+  `make_layer` arguments (kernel, remat, hoist_input, ...)."""
   with jax.enable_x64(True):
     x, mask = data(batch=3, length=3, lengths=[3, 2, 3], seed=9)
     x = x.astype(jnp.float64)
-    layer = make_layer(scheme, train=True, cell=cell, hidden=2, t_max=3)
+    layer = make_layer(scheme, train=True, cell=cell, hidden=2, t_max=3, **layer)
     variables = layer.init(jax.random.PRNGKey(0), x, mask)
     f64 = lambda t: jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), t)
     params = f64(perturb_params(variables['params'], jax.random.PRNGKey(1)))

@@ -16,6 +16,9 @@ SITE_KIND = {
     'cosine':      ('cos',       'cos',       'shift'),
     'streaming':   ('stream',    'stream',    'stream'),
 }
+# BN-e* (Cooijmans et al. 2016 sec. 5.4): the BN-LSTM with sequence-wise statistics (over batch
+# and valid steps) for the input term only: LSTMReference(params, 'batch', kinds=BN_E_STAR).
+BN_E_STAR = (SITE_KIND['sequence'][0], SITE_KIND['batch'][1], SITE_KIND['batch'][2])
 
 
 def sigmoid(z):
@@ -38,12 +41,13 @@ def reverse_valid_np(x, lengths):
 
 
 class LSTMReference:
-  """params: the flax 'params' of one Recurrent layer's cell, as numpy."""
+  """params: the flax 'params' of one Recurrent layer's cell, as numpy. kinds: what each site
+  does (input, recurrent, cell), default SITE_KIND[scheme]; other rows mix schemes per site."""
 
-  def __init__(self, params, scheme, *, eps, lam, tables=None, max_time_steps=None):
+  def __init__(self, params, scheme, *, eps, lam, tables=None, max_time_steps=None, kinds=None):
     self.p = params
     self.scheme = scheme
-    self.kinds = SITE_KIND[scheme]
+    self.kinds = SITE_KIND[scheme] if kinds is None else kinds
     self.eps, self.lam = eps, lam
     self.tables = tables or {}
     self.t_max = max_time_steps
@@ -238,3 +242,90 @@ class GRUReference(LSTMReference):
     if reverse:
       outputs = reverse_valid_np(outputs, lengths)
     return outputs, h
+
+
+def term_norm_np(a, valid, kind, gamma, table, *, train, eps):
+  """A BN-everywhere term (Cooijmans et al. 2016 sec. 5.4): 'batch' standardizes with the mean
+  and biased variance over the positions with valid == 1 (all valid document positions of the
+  batch for a [B, T, F] term, the valid rows for a [B, F] term) in training and with the
+  population table in evaluation; 'layer' over the features of each position."""
+  if kind == 'none':
+    return a
+  if kind == 'layer':
+    mu = a.mean(-1, keepdims=True)
+    return gamma * (a - mu) / np.sqrt(a.var(-1, keepdims=True) + eps)
+  if train:
+    mean, var, _ = moments(a.reshape(-1, a.shape[-1]), valid.reshape(-1))
+  else:
+    mean, var = table['input_mean'], table['input_var']
+  return gamma * (a - mean) / np.sqrt(var + eps)
+
+
+def attention_np(p, stats, y_d, document_mask, u, candidates, *, everywhere, answer_mask,
+                 train, eps):
+  """The Attentive Reader's attention and output (Hermann et al. 2015 eqs. 5-6), with a Python
+  loop over examples and positions for the masked softmax:
+
+    m(t) = tanh(N(W_ym y_d(t)) + N(W_um u) + b_m),  s(t) ∝ exp(w_ms . m(t)) over valid t,
+    r = sum_t s(t) y_d(t),  g = tanh(N(W_rg r) + N(W_ug u) + b_g),
+    logits = W_a g + b_a, -inf outside the candidates (answer_mask='candidates').
+
+  p: the 'attention' params, stats: its 'batch_stats'. Returns (logits [B, E], s [B, T])."""
+  f = lambda t: np.asarray(t, np.float64)
+  kernel = lambda name: f(p[name]['kernel'])
+  valid = np.asarray(document_mask) > 0
+  rows = valid.any(1)
+
+  def norm(name, a, where):
+    if everywhere == 'none':
+      return a
+    return term_norm_np(a, where, everywhere, f(p[name]['site']['gamma']),
+                        {k: f(v) for k, v in stats.get(name, {}).items()}, train=train, eps=eps)
+
+  y_d, u = f(y_d), f(u)
+  a_ym = norm('norm_ym', y_d @ kernel('W_ym'), valid)
+  a_um = norm('norm_um', u @ kernel('W_um'), rows)
+  m = np.tanh(a_ym + a_um[:, None, :] + f(p['b_m']))
+  score = (m @ kernel('w_ms'))[..., 0]
+  B, T = score.shape
+  s = np.zeros((B, T))
+  for b in range(B):
+    idx = [t for t in range(T) if valid[b, t]]
+    if idx:
+      e = np.exp(score[b, idx] - score[b, idx].max())
+      s[b, idx] = e / e.sum()
+  r = np.einsum('bt,btd->bd', s, y_d)
+  g = np.tanh(norm('norm_rg', r @ kernel('W_rg'), rows) + norm('norm_ug', u @ kernel('W_ug'), rows)
+              + f(p['b_g']))
+  logits = g @ kernel('W_a') + f(p['W_a']['bias'])
+  if answer_mask == 'candidates':
+    logits = np.where(np.asarray(candidates) > 0, logits, -np.inf)
+  return logits, s
+
+
+def attentive_reader_np(params, stats, document, document_mask, query, query_mask, candidates,
+                        *, scheme, kinds, everywhere, answer_mask, bidirectional, train, eps,
+                        max_time_steps):
+  """The whole Attentive Reader: embedding, one-layer LSTMReference encoders (forward, and the
+  valid-prefix reversed backward pass when bidirectional), `attention_np`.
+  y_d(t) = [fwd_t; bwd_t], u = [fwd_|q|; bwd_1]."""
+  emb = np.asarray(params['embed']['embedding'], np.float64)
+
+  def encode(name, tokens, mask):
+    outs, finals = [], []
+    for direction in ('fwd', 'bwd') if bidirectional else ('fwd',):
+      layer = f'{name}_{direction}'
+      ref = LSTMReference(params[layer]['layer_0']['cell'], scheme, eps=eps, lam=0.0,
+                          tables={k: np.asarray(v, np.float64)
+                                  for k, v in stats.get(layer, {}).get('layer_0', {}).items()},
+                          max_time_steps=max_time_steps, kinds=kinds)
+      y, h = ref.run(emb[np.asarray(tokens)], mask, train=train, reverse=direction == 'bwd')
+      outs.append(y)
+      finals.append(h)
+    return np.concatenate(outs, -1), np.concatenate(finals, -1)
+
+  y_d, _ = encode('document', document, document_mask)
+  _, u = encode('query', query, query_mask)
+  return attention_np(params['attention'], stats.get('attention', {}), y_d, document_mask, u,
+                      candidates, everywhere=everywhere, answer_mask=answer_mask, train=train,
+                      eps=eps)

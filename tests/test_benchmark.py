@@ -7,6 +7,7 @@ import json
 import math
 
 import jax
+import numpy as np
 import optax
 import pytest
 
@@ -87,9 +88,75 @@ def test_main_writes_the_json(tmp_path, monkeypatch):
   benchmark.main(['--shape', 'smnist', '--json', str(out), '--reps', '1', '--schemes', 'batch',
                   '--no-torch', '--eval-length', '8'])
   r = json.loads(out.read_text())
-  models = [benchmark.REF, 'batch']
+  models = [benchmark.REF, 'batch', 'batch/fused']  # the fused kernel beside the scan
   for key in ('ms', 'ratio_to_flax', 'gflops', 'peak_memory_mb', 'compile_s'):
     assert list(r[key]) == models, key
   assert r['shape'] == 'smnist' and r['ratio_to_flax'][benchmark.REF] == 1.0
+  assert r['ratio_to_torch_bn'] == {} and len(r['load_average']['before']) == 3
   assert all(math.isfinite(v) and v > 0 for v in r['ms'].values())
   assert list(r['eval']['ms']) == models and r['eval']['length'] == 8
+
+
+def test_kernel_list():
+  args = benchmark.parse_args(['--shape', 'smnist', '--json', 'x'])
+  assert args.kernels == ['fused']
+  assert benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--kernels', '']).kernels == []
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--kernels', 'nope'])
+  for name in ('none', 'batch', 'layer', 'batch_input'):
+    assert benchmark.kernel_refusal(name, 'fused', TINY['ptb'], args) is None, name
+  model = benchmark.build_model('batch', TINY['ptb'], args, 'fused')
+  assert model.spec.kernel == 'fused'
+  # Every scheme by the scan, then by each kernel that supports it; the rest listed as skipped.
+  args = benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--schemes', 'batch,streaming'])
+  runs, skipped = benchmark.plan_runs(TINY['smnist'], args)
+  assert runs == {benchmark.REF: (benchmark.REF, 'scan'), 'batch': ('batch', 'scan'),
+                  'streaming': ('streaming', 'scan'), 'batch/fused': ('batch', 'fused')}
+  assert list(skipped) == ['streaming/fused'] and 'Streaming' in skipped['streaming/fused']
+
+
+@pytest.mark.parametrize('shape', sorted(TINY))
+def test_torch_bn_lstm_is_the_bn_lstm(shape):
+  """The torch BN-LSTM column computes normrnn's BN-LSTM (scheme 'batch', train mode: batch
+  statistics per step) given the same parameters on the benchmark's full-length batches, and its
+  train step runs and updates the per-step running buffers. (With padding the two differ as the
+  peers' code does: its batch statistics include the padded rows.)"""
+  torch = pytest.importorskip('torch')
+  s = TINY[shape]
+  batch = benchmark.make_batch(s, s['length'])
+  bench = benchmark.TorchBench(s, batch, bn=True)
+  cell = bench.lstm.cell
+  model = benchmark.build_model('batch', s, benchmark.parse_args(['--shape', shape, '--json', 'x']))
+  variables = model.init(jax.random.PRNGKey(0), batch['inputs'], batch['mask'], train=True)
+  params = jax.tree.map(np.asarray, variables['params'])
+  c = params['rnn']['layer_0']['cell']
+  t = lambda v: torch.as_tensor(np.array(v))
+  with torch.no_grad():
+    cell.weight_ih.copy_(t(c['kernel_x'])), cell.weight_hh.copy_(t(c['kernel_h']))
+    cell.bias.copy_(t(c['bias']))
+    for site, bn in (('input', cell.bn_ih), ('recurrent', cell.bn_hh), ('cell', cell.bn_c)):
+      bn.weight.copy_(t(c[f'{site}_norm']['gamma']))
+    cell.bn_c.bias.copy_(t(c['cell_norm']['beta']))
+    hs = bench.lstm(bench.x, bench.mask).numpy()
+  stack = model.spec.stack(bench.x.shape[-1], train=True)
+  x = jax.numpy.asarray(bench.x.numpy())
+  (ys, _), _ = jax.jit(lambda v: stack.apply(v, x, batch['mask'], mutable=['batch_stats']))(
+      {'params': params['rnn'], 'batch_stats': variables['batch_stats']['rnn']})
+  np.testing.assert_allclose(hs, np.asarray(ys), rtol=1e-4, atol=1e-5)
+  before = cell.bn_ih.running_mean_0.clone()
+  assert math.isfinite(bench.step())
+  assert not torch.equal(before, cell.bn_ih.running_mean_0)
+
+
+def test_main_with_torch(tmp_path, monkeypatch):
+  pytest.importorskip('torch')
+  monkeypatch.setitem(benchmark.SHAPES, 'ptb', TINY['ptb'])
+  matmul = benchmark.matmul_gflops
+  monkeypatch.setattr(benchmark, 'matmul_gflops', lambda: matmul(n=64, reps=2))
+  out = tmp_path / 'bench.json'
+  benchmark.main(['--shape', 'ptb', '--json', str(out), '--reps', '1', '--schemes', 'none',
+                  '--kernels', ''])
+  r = json.loads(out.read_text())
+  models = [benchmark.REF, 'none', benchmark.TORCH, benchmark.TORCH_BN]
+  assert list(r['ms']) == models and list(r['ratio_to_torch_bn']) == models
+  assert r['ratio_to_torch_bn'][benchmark.TORCH_BN] == 1.0 and r['skipped'] == {}

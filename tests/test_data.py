@@ -90,7 +90,8 @@ def text8_dir(tmp_path) -> Path:
 def data_cfg(**overrides):
   """A data config with exactly the fields make_task reads (attribute access, no defaults)."""
   fields = dict(name='digits', dir='', source='files', download=False, pixel_order='scanline',
-                permutation_seed=1, seq_len=64, batch_size=8, eval_batch_size=7)
+                permutation_seed=1, seq_len=64, batch_size=8, eval_batch_size=7,
+                relevant_sentences=0, max_vocab=0)
   fields.update(overrides)
   return types.SimpleNamespace(**fields)
 

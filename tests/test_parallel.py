@@ -155,6 +155,13 @@ def test_trainer_on_4_devices_equals_one_device(tmp_path):
   losses = [(a['train/loss'], b['train/loss']) for a, b in zip(rows, ref) if 'train/loss' in a]
   assert losses
   np.testing.assert_allclose(*zip(*losses), rtol=1e-4)
+  # A checkpoint written on 4 devices restores without a sharded target (normrnn.rundir), e.g.
+  # in a one-device analysis process; orbax alone would insist on the saved device layout.
+  from normrnn import rundir
+  from normrnn.experiment import params_digest
+  _, state, step = rundir.restore(str(tmp_path / 'four'))
+  assert step == four['best_step'] and params_digest(state.params) == four['params_digest']
+  assert all(len(leaf.devices()) == 1 for leaf in jax.tree.leaves(state))
 
 
 def test_num_devices_must_divide_the_batch():
@@ -164,3 +171,78 @@ def test_num_devices_must_divide_the_batch():
     config_schema.validate(_digits_smoke(3))
   with pytest.raises(config_schema.ConfigError, match='train.num_devices=0 is not valid'):
     config_schema.validate(_digits_smoke(0))
+
+
+def _lm_task(batch_size=8, eval_batch_size=4):
+  from normrnn.data.tasks import LMTask
+  tokens = np.random.default_rng(0).integers(0, 5, 400).astype(np.uint8)
+  splits = {'train': tokens, 'valid': tokens[:97], 'test': tokens[:53]}
+  return LMTask('toy', splits, vocab='abcde', seq_len=10, seed=3, batch_size=batch_size,
+                eval_batch_size=eval_batch_size, info={})
+
+
+def _digits_task():
+  from normrnn.data import make_task
+  return make_task(_digits_smoke(1).data, seed=0)
+
+
+@pytest.mark.parametrize('make', [_digits_task, _lm_task], ids=['classify', 'lm'])
+def test_process_shares_tile_the_global_batch(make):
+  """Multi-process data parallelism: process i of n builds rows [i*B/n, (i+1)*B/n) of every
+  batch (training, evaluation with its zero-weight padding rows, re-estimation); the shares of
+  all processes, stacked, are the global batch."""
+  task = make()
+
+  def batches():
+    return [task.train_batch(0), task.train_batch(task.steps_per_epoch + 1),
+            *list(task.eval_batches('valid', batch_size=8))[-2:], *task.reestimate_batches(4, 2)]
+
+  whole = batches()
+  assert any(b['weights'].min() == 0 for b in whole)  # a padded last evaluation batch is in
+  for count in (2, 4):
+    parts = []
+    for index in range(count):
+      task.set_share(index, count)
+      parts.append(batches())
+    task.set_share(0, 1)
+    for i, batch in enumerate(whole):
+      for key, value in batch.items():
+        np.testing.assert_array_equal(np.concatenate([p[i][key] for p in parts]), value)
+        assert len(parts[0][i][key]) == len(value) // count
+  from normrnn.data import DataError
+  task.set_share(0, 3)
+  with pytest.raises(DataError, match='cannot be split into 3 equal process shares'):
+    task.train_batch(0)
+  with pytest.raises(DataError, match='share index'):
+    task.set_share(3, 3)
+
+
+def test_process_share_and_host_copies_in_one_process():
+  mesh = parallel.make_mesh(None)
+  assert parallel.process_share(mesh) == (0, 1) and parallel.is_primary()
+  with pytest.raises(ValueError, match='every process must own part of it'):
+    parallel.process_share(parallel.make_mesh(2))
+  tree = parallel.replicate(dict(a=np.arange(3.0, dtype=np.float32)), mesh)
+  host = parallel.to_host(tree)
+  assert isinstance(host['a'], np.ndarray) and host['a'].tolist() == [0.0, 1.0, 2.0]
+  sharded = parallel.shard_batch(dict(x=np.arange(8.0)), mesh)
+  np.testing.assert_array_equal(parallel.to_host(sharded)['x'], np.arange(8.0))
+  assert not parallel.preemption_point(1)  # one process: signals are the trainer's own
+
+
+def test_multi_process_config_checks():
+  """With several processes the mesh must span every device and every batch must split evenly
+  over all of them, evaluation batches included; the timeouts are whole seconds >= 1."""
+  from normrnn.config import schema as config_schema
+  config_schema.validate(_digits_smoke(-1), device_count=4, process_count=2)
+  with pytest.raises(config_schema.ConfigError,
+                     match='num_devices=2 is not valid in a job of 2 processes'):
+    config_schema.validate(_digits_smoke(2), device_count=4, process_count=2)
+  with pytest.raises(config_schema.ConfigError, match='data.eval_batch_size=90 is not divisible'):
+    config_schema.validate(_digits_smoke(-1, eval_batch_size=90), device_count=4,
+                           process_count=2)
+  config_schema.validate(_digits_smoke(-1, eval_batch_size=90), device_count=4)  # one process
+  config = _digits_smoke(-1)
+  config.train.heartbeat_timeout_s = 0
+  with pytest.raises(config_schema.ConfigError, match='train.heartbeat_timeout_s=0 is not valid'):
+    config_schema.validate(config, device_count=4)

@@ -261,7 +261,7 @@ def test_launch_trains_only_unfinished_rows(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize('argv, message', [
     (['imagenet', '--root', 'x'], "invalid choice: 'imagenet' (choose from 'smnist', 'pmnist', "
-                                  "'ptb', 'text8')"),
+                                  "'ptb', 'text8', 'cnn_qa')"),
     (['ptb', '--root', 'x', '--schemes', 'batch,groupnorm'],
      'unknown scheme(s) groupnorm; valid schemes: ' + ', '.join(NORMS)),
     (['ptb', '--root', 'x', '--size', 'huge'],

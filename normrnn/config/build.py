@@ -17,7 +17,8 @@ import ml_collections
 
 from normrnn.config.files import load_sibling  # noqa: F401  (re-exported for config files)
 from normrnn.config.schema import ConfigError
-from normrnn.norms import NORMS, all_options, get_scheme
+from normrnn.norms import NORMS, all_options, compose, get_scheme
+from normrnn.reader import CONFIG_DEFAULTS as READER_DEFAULTS
 
 SIZES = ('paper', 'cpu', 'smoke')
 # The cells of the task configs' `cell=` argument (model.cell). The tanh RNN is not one: it is the
@@ -68,24 +69,50 @@ def gamma_default(name: str) -> float:
   return get_scheme(name).gamma_init
 
 
-def norm_section(name: str, *, gamma: float, max_time_steps: int, stats_rate: float):
+def _composed(name: str, sites: dict):
+  """`norms.compose(name, **sites)`, its refusals as ConfigError."""
+  check_choice('norm', name, tuple(NORMS))
+  try:
+    return compose(name, **sites)
+  except ValueError as err:
+    raise ConfigError(str(err)) from None
+
+
+def norm_section(name: str, *, gamma: float, max_time_steps: int, stats_rate: float,
+                 input: str = '',  # pylint: disable=redefined-builtin
+                 recurrent: str = '', cell: str = ''):
   """config.model.norm. gamma < 0 means 'the scheme's declared default'. Every registered
   scheme's own options are written with their declared defaults, so the config has one shape
-  whichever scheme a sweep selects."""
-  check_choice('norm', name, tuple(NORMS))
+  whichever scheme a sweep selects. `input`, `recurrent`, `cell`: per-site schemes ('' = the
+  named scheme's own module; `normrnn.norms.compose`), e.g. name='batch', input='sequence' for
+  BN-e*; the gain default is the named scheme's."""
+  _composed(name, dict(input=input, recurrent=recurrent, cell=cell))
   return ml_collections.ConfigDict(dict(
       name=name,
       gamma_init=gamma_default(name) if gamma < 0 else gamma,
       eps=1e-5,                       # inside the sqrt (paper code)
       max_time_steps=max_time_steps,  # T_max: per-step tables; steps beyond reuse the last one
       stats_rate=stats_rate,          # running-average rate of the population statistics
+      input=input, recurrent=recurrent, cell=cell,  # per-site schemes ('' = name's own)
       **{option.name: option.default for option in all_options().values()},
   ))
 
 
+def reader_section(**values):
+  """config.model.reader: `normrnn.reader.CONFIG_DEFAULTS` with `values` replacing some (every
+  config writes the section; only the question-answering configs change it)."""
+  unknown = sorted(set(values) - set(READER_DEFAULTS))
+  if unknown:
+    raise ConfigError(f'unknown reader field(s) {", ".join(unknown)}; valid: '
+                      f'{", ".join(READER_DEFAULTS)}')
+  return ml_collections.ConfigDict({**READER_DEFAULTS, **values})
+
+
 def model_section(*, cell: str, hidden: int, recurrent_init: str, h0_noise: float, norm,
-                  hoist_input: bool, remat: bool):
+                  hoist_input: bool, remat: bool, reader=None, kernel: str = 'scan'):
   return ml_collections.ConfigDict(dict(
+      # The Attentive Reader's sizes and switches (task kind 'qa'; unused by the other tasks).
+      reader=reader_section() if reader is None else reader,
       cell=cell, hidden=hidden, layers=1, recurrent_init=recurrent_init,
       forget_bias=1.0,   # paper code: forget slice of the bias starts at 1
       h0_noise=h0_noise,
@@ -97,6 +124,9 @@ def model_section(*, cell: str, hidden: int, recurrent_init: str, h0_noise: floa
       # speed/memory only, same values. On CPU the in-step form is faster for both MNIST's one
       # pixel and PTB's one-hot characters (docs/benchmarks.md); try True on accelerators.
       hoist_input=hoist_input,
+      # The implementation of the recurrence (same values): 'scan' (the reference) or 'fused'
+      # (hand-written backward pass, normrnn.kernels; docs/benchmarks.md).
+      kernel=kernel,
       norm=norm))
 
 
@@ -118,9 +148,13 @@ def train_section(*, num_steps: int, log_every: int, eval_every: int, checkpoint
       # Data parallelism (normrnn/parallel.py): 1 = one device; N = the first N devices; -1 = all.
       # The batch is split over the devices; BN statistics stay those of the global batch.
       num_devices=1,
-      # Multi-host: call jax.distributed.initialize (coordinator from the cluster environment)
-      # before anything touches jax; every process then runs the same command.
-      distributed=False))
+      # Several processes (hosts): call jax.distributed.initialize before anything touches jax;
+      # every process runs the same command (coordinator, process count and id from the
+      # --coordinator_address/--num_processes/--process_id flags or the cluster environment).
+      distributed=False,
+      # A process silent for this long is declared dead and the others exit non-zero (no
+      # hang); init_timeout_s bounds the wait for all processes at start and at shutdown.
+      heartbeat_timeout_s=60, init_timeout_s=300))
 
 
 def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: int,
@@ -180,8 +214,9 @@ def experiment(*, args, task: str, paper: str, data, model, optimizer, train, ev
 SELECTIONS = ('population', 'paper')
 
 
-def eval_modes(norm: str, selection: str = 'population'):
-  """(eval.modes, eval.select_metric) for a scheme.
+def eval_modes(norm: str, selection: str = 'population', **sites):
+  """(eval.modes, eval.select_metric) for a scheme (with per-site schemes `sites`, e.g.
+  input='sequence', as in `norm_section`).
 
   Modes: ('population', 'batch') for batch-statistic schemes, else ('population',).
   Selection: 'population' selects every scheme on `val/error` (population statistics: the model
@@ -189,9 +224,9 @@ def eval_modes(norm: str, selection: str = 'population'):
   selects the batch-statistic schemes on `val_batch/error` (batch statistics) and the others on
   `val/error`.
   """
-  check_choice('norm', norm, tuple(NORMS))
+  scheme = _composed(norm, sites)
   check_choice('select', selection, SELECTIONS)
-  if get_scheme(norm).batch_statistics:
+  if scheme.batch_statistics:
     return ('population', 'batch'), ('val_batch/error' if selection == 'paper' else 'val/error')
   return ('population',), 'val/error'
 
@@ -207,9 +242,13 @@ def repo_path(config_file: str, path: str) -> str:
 
 
 def data_section(*, config_file, name, dir, pixel_order='scanline', permutation_seed=1, seq_len,
-                 batch_size, eval_batch_size):
-  """config.data; a relative `dir` is taken relative to the repository root (`repo_path`)."""
+                 batch_size, eval_batch_size, relevant_sentences=0, max_vocab=0):
+  """config.data; a relative `dir` is taken relative to the repository root (`repo_path`).
+  Question answering only (0 elsewhere): `relevant_sentences` (0 = whole documents, k = the k
+  sentences most relevant to the query) and `max_vocab` (0 = every training word); `seq_len`
+  is then the longest document (longer ones are truncated)."""
   return ml_collections.ConfigDict(dict(
       name=name, dir=repo_path(config_file, dir), source='files', download=False,
       pixel_order=pixel_order, permutation_seed=permutation_seed, seq_len=seq_len,
-      batch_size=batch_size, eval_batch_size=eval_batch_size))
+      batch_size=batch_size, eval_batch_size=eval_batch_size,
+      relevant_sentences=relevant_sentences, max_vocab=max_vocab))

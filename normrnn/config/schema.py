@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import json
 
-from normrnn import cells, inits, optim
+from normrnn import cells, inits, kernels, optim, reader
 from normrnn.data import tasks as data_tasks
-from normrnn.norms import NORMS, all_options
+from normrnn.norms import COMPOSABLE_SITES, NORMS, all_options, compose, valid_at
 
 SECTIONS = {
     'data': data_tasks.CONFIG_FIELDS,
     'model': ('cell', 'hidden', 'layers', 'recurrent_init', 'forget_bias', 'h0_noise', 'unroll',
-              'remat', 'hoist_input', 'norm'),
-    'model.norm': ('name', 'gamma_init', 'eps', 'max_time_steps', 'stats_rate'),  # + options
+              'remat', 'hoist_input', 'kernel', 'norm', 'reader'),
+    # The Attentive Reader's own sizes and switches (task kind 'qa'; normrnn.reader).
+    'model.reader': tuple(reader.CONFIG_DEFAULTS),
+    # + options. input/recurrent/cell: per-site schemes ('' = the named scheme's own module;
+    # normrnn.norms.compose), e.g. name='batch', input='sequence' is BN-e*.
+    'model.norm': ('name', 'gamma_init', 'eps', 'max_time_steps', 'stats_rate',
+                   *COMPOSABLE_SITES),
     'optimizer': ('name', 'learning_rate', 'clip_norm', 'rmsprop_decay', 'rmsprop_eps', 'adam_b1',
                   'adam_b2', 'adam_eps'),
     'train': ('num_steps', 'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps',
-              'keep_checkpoints', 'progress_bar', 'num_devices', 'distributed'),
+              'keep_checkpoints', 'progress_bar', 'num_devices', 'distributed',
+              'heartbeat_timeout_s', 'init_timeout_s'),
     'eval': ('modes', 'select_metric', 'eval_batches', 'val_popstats', 'val_reestimate_batches',
              'popstats', 'reestimate_batches', 'reestimate_batch_size', 'full_stream',
              'stream_chunk'),
@@ -39,7 +45,8 @@ WANDB_MODES = ('disabled', 'offline', 'online')
 RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every_steps', 'train.eval_every_steps',
                      'train.checkpoint_every_steps', 'train.keep_checkpoints',
                      'train.progress_bar', 'train.num_devices', 'train.distributed',
-                     'model.hoist_input', 'model.remat', 'model.unroll',
+                     'train.heartbeat_timeout_s', 'train.init_timeout_s',
+                     'model.hoist_input', 'model.remat', 'model.unroll', 'model.kernel',
                      'data.dir', 'data.download', 'wandb.mode', 'wandb.name', 'wandb.tags',
                      'wandb.init_timeout_s', 'wandb.tensorboard')
 
@@ -48,10 +55,20 @@ RESUMABLE_CHANGES = ('train.num_steps', 'train.log_every_steps', 'train.eval_eve
 # (`upgrade_saved_config`) and such a run resumes exactly as it was.
 ADDED_FIELDS = {
     'model.hoist_input': True,     # before: the input term was always hoisted
+    'model.kernel': 'scan',        # before: always the scan
     'train.num_devices': 1,        # before: always one device
     'train.distributed': False,
+    'train.heartbeat_timeout_s': 60,  # (multi-process settings; no effect on a single process)
+    'train.init_timeout_s': 300,
     'eval.val_popstats': 'ema',    # before: val/ used the running averages
     'eval.val_reestimate_batches': 1,
+    'data.relevant_sentences': 0,  # before: no question-answering data (0 = unused)
+    'data.max_vocab': 0,
+    'model.norm.input': '',        # before: the named scheme at every site
+    'model.norm.recurrent': '',
+    'model.norm.cell': '',
+    # before: no question-answering model (the section is unused by the other tasks)
+    **{f'model.reader.{k}': v for k, v in reader.CONFIG_DEFAULTS.items()},
 }
 
 
@@ -140,13 +157,61 @@ def select_metrics(modes) -> list[str]:
           for metric in ('error', 'loss')]
 
 
-def validate(config, *, device_count: int | None = None) -> None:
+def _check_sites(n, cell: str):
+  """The scheme of config.model.norm with its per-site fields applied (`norms.compose`)."""
+  sites = {}
+  for site in COMPOSABLE_SITES:
+    value, valid = n[site], valid_at(n.name, site)
+    if value != '' and value not in valid:
+      _fail(f'model.norm.{site}={value!r} is not valid with model.norm.name={n.name!r}; choose '
+            f"'' (the named scheme's own) or one of: {', '.join(valid)}")
+    sites[site] = value
+  scheme = compose(n.name, **sites)
+  if cell not in scheme.cells:
+    why = (' (a GRU has no cell site: leave model.norm.cell empty)'
+           if cell == 'gru' and n.cell else '')
+    _fail(f'model.norm {scheme.name!r} is not valid with model.cell={cell!r}{why}; its cells: '
+          f'{", ".join(scheme.cells)}')
+  return scheme
+
+
+def _check_reader(r, batch_size: int) -> None:
+  """config.model.reader (normrnn.reader; checked for every task, used by task kind 'qa')."""
+  for name in ('embed', 'attention', 'output'):
+    _positive(f'model.reader.{name}', r[name])
+  if not isinstance(r.bidirectional, bool):
+    _fail(f'model.reader.bidirectional={r.bidirectional!r} is not valid; it must be True or False')
+  _choice('model.reader.reverse_padding', r.reverse_padding, reader.REVERSE_PADDING)
+  _choice('model.reader.everywhere', r.everywhere, reader.EVERYWHERE)
+  _choice('model.reader.answer_mask', r.answer_mask, reader.ANSWER_MASKS)
+  for name in ('everywhere_gamma', 'embed_init_std'):
+    if not r[name] > 0:
+      _fail(f'model.reader.{name}={r[name]} is not valid; it must be > 0')
+  if r.everywhere == 'batch' and batch_size < 2:
+    _fail(f"data.batch_size={batch_size} is not valid with model.reader.everywhere='batch': "
+          'batch statistics are undefined at batch size 1')
+
+
+def check_distributed(train) -> None:
+  """The multi-process settings of config.train (checked before `jax.distributed.initialize`,
+  which must run before anything else touches jax, so before `validate`)."""
+  if not isinstance(train.distributed, bool):
+    _fail(f'train.distributed={train.distributed!r} is not valid; it must be True or False')
+  for name in ('heartbeat_timeout_s', 'init_timeout_s'):
+    value = train[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      _fail(f'train.{name}={value!r} is not valid; it must be an integer number of seconds >= 1')
+
+
+def validate(config, *, device_count: int | None = None,
+             process_count: int | None = None) -> None:
   """Raises ConfigError naming the field and the valid choices for any bad value.
 
   Args:
     config: the whole run config (a ConfigDict as the config files build it).
     device_count: the number of devices `train.num_devices` may use; None asks jax (call it
       after `jax.distributed.initialize` on several hosts).
+    process_count: the processes of the job; None asks jax when device_count is None, else 1.
   """
   keys = set(config.keys())
   if keys != set(TOP_LEVEL):
@@ -178,6 +243,12 @@ def validate(config, *, device_count: int | None = None) -> None:
   if m.cell not in scheme.cells:
     _choice(f'model.norm.name (with model.cell={m.cell!r})', n.name,
             [name for name, s in NORMS.items() if m.cell in s.cells])
+  scheme = _check_sites(n, m.cell)
+  _choice('model.kernel', m.kernel, kernels.names())
+  why = kernels.refusal(m.kernel, m.cell, scheme, hoist_input=m.hoist_input, remat=m.remat,
+                        unroll=m.unroll)
+  if why is not None:
+    _fail(f'model.kernel={m.kernel!r} is not valid: {why}')
   if not n.gamma_init > 0:
     _fail(f'model.norm.gamma_init={n.gamma_init} is not valid; it must be > 0 (the paper uses '
           '0.1 for BN; values <= 0.01 were unstable)')
@@ -193,8 +264,10 @@ def validate(config, *, device_count: int | None = None) -> None:
           f'length {length} of data.name={d.name!r} (set it to {length})')
   if not 0 < n.stats_rate <= 1:
     _fail(f'model.norm.stats_rate={n.stats_rate} is not valid; it must be in (0, 1]')
+  _check_reader(m.reader, d.batch_size)
   if scheme.batch_statistics and d.batch_size < 2:
-    _fail(f'data.batch_size={d.batch_size} is not valid with model.norm.name={n.name!r}: batch '
+    named = f'model.norm {scheme.name!r}' if scheme.parts else f'model.norm.name={n.name!r}'
+    _fail(f'data.batch_size={d.batch_size} is not valid with {named}: batch '
           'statistics are undefined at batch size 1 (zero variance). Use batch_size >= 2, or a '
           'scheme without batch statistics: '
           + ', '.join(k for k, s in NORMS.items() if not s.batch_statistics))
@@ -212,9 +285,11 @@ def validate(config, *, device_count: int | None = None) -> None:
                'keep_checkpoints'):
     _positive(f'train.{name}', t[name])
   _positive('train.num_devices', t.num_devices, allow_minus_one=True)
+  check_distributed(t)
   if device_count is None:
     import jax  # pylint: disable=g-import-not-at-top
-    device_count = len(jax.devices())
+    device_count, process_count = len(jax.devices()), jax.process_count()
+  process_count = 1 if process_count is None else process_count
   if t.num_devices > device_count:
     _fail(f'train.num_devices={t.num_devices} is not valid: this machine has {device_count} '
           f'device(s); use 1..{device_count} or -1 for all')
@@ -222,6 +297,17 @@ def validate(config, *, device_count: int | None = None) -> None:
   if devices > 1 and d.batch_size % devices:
     _fail(f'data.batch_size={d.batch_size} is not divisible by the {devices} devices of '
           f'train.num_devices={t.num_devices}: every device must get the same number of examples')
+  if process_count > 1:
+    # Every process owns part of the mesh and of every batch, evaluation batches included (one
+    # process cannot compute a batch the others do not see).
+    if devices != device_count:
+      _fail(f'train.num_devices={t.num_devices} is not valid in a job of {process_count} '
+            f'processes: the mesh must span all {device_count} devices; use -1')
+    for name, size in (('data.eval_batch_size', d.eval_batch_size),
+                       ('eval.reestimate_batch_size', e.reestimate_batch_size)):
+      if size % devices:
+        _fail(f'{name}={size} is not divisible by the {devices} devices of this '
+              f'{process_count}-process job: every device must get the same number of examples')
 
   if not e.modes or any(mode not in EVAL_MODES for mode in e.modes):
     _fail(f'eval.modes={tuple(e.modes)!r} is not valid; each must be one of '

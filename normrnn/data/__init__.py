@@ -1,6 +1,7 @@
-"""Data for normrnn: numpy batches for sequential (p)MNIST, digits, PTB characters and text8.
+"""Data for normrnn: numpy batches for sequential (p)MNIST, digits, PTB characters, text8 and
+question answering (the CNN corpus, cnn_qa.py, and the CPU-scale PTB cloze task, cloze.py).
 
-  task = make_task(config.data, seed)   # see tasks.py for the batch formats
+  task = make_task(config.data, seed)   # see tasks.py (and qa.py) for the batch formats
   task.train_batch(step); task.eval_batches('valid'); task.describe()
 
 Every problem a user can hit (missing or corrupt files, bad settings) is a DataError whose message

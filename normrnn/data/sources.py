@@ -1,14 +1,15 @@
 """One loader per task name: the data arrays plus the provenance `describe()` reports.
 
 Each entry returns (splits, info): splits as the loaders return them (see mnist.py, text.py,
-digits.py), info a JSON-serializable dict with 'label' (what the set is, and whether it is the
-paper's data), 'source' and 'files' (path, bytes and sha256 of every file read).
+digits.py; a `qa_corpus.QACorpus` for the QA_TASKS), info a JSON-serializable dict with 'label'
+(what the set is, and whether it is the paper's data), 'source' and 'files' (path, bytes and
+sha256 of every file read).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from normrnn.data import digits, mnist, text
+from normrnn.data import cloze, cnn_qa, digits, mnist, text
 from normrnn.data.files import provenance
 
 _MNIST_SPLIT_NOTE = ('train = first 50,000 of the official training set, valid = its last 10,000,'
@@ -86,6 +87,27 @@ def load_text8(cfg) -> tuple[dict, dict]:
       'files': provenance([Path(cfg.dir) / text.TEXT8_ARCHIVE])}
 
 
+def load_cnn_qa(cfg) -> tuple:
+  corpus, facts = cnn_qa.load_cnn_qa(cfg.dir, download=cfg.download)
+  archive = Path(cfg.dir) / cnn_qa.ARCHIVE
+  return corpus, {
+      'label': "the DeepMind Q&A CNN corpus (Hermann et al. 2015), its training / validation / "
+               "test questions (the paper's data)",
+      'source': f'.question files in {facts["questions_dir"]}',
+      'files': provenance([archive]) if archive.exists() else [], **facts}
+
+
+def load_ptb_cloze(cfg) -> tuple:
+  corpus, facts = cloze.load_ptb_cloze(cfg.dir, download=cfg.download)
+  return corpus, {
+      'label': 'ptb_cloze: cloze questions built from the PTB character validation file '
+               '(20 frequent words anonymized as entities, 2-sentence documents, a document '
+               'sentence with one entity removed as the query; normrnn/data/cloze.py), split '
+               "90/5/5 by sentence position, NOT the paper's data",
+      'source': f'ptb.char.valid.txt in {cfg.dir}',
+      'files': provenance([Path(cfg.dir) / text.PTB_FILES['valid']]), **facts}
+
+
 LOADERS = {
     'digits': load_digits,
     'mnist': load_mnist,
@@ -93,8 +115,12 @@ LOADERS = {
     'ptb_char': load_ptb_char,
     'ptb_char_valid': load_ptb_char_valid,
     'text8': load_text8,
+    'cnn_qa': load_cnn_qa,
+    'ptb_cloze': load_ptb_cloze,
 }
 IMAGE_TASKS = {'digits': (digits.N_PIXELS, 1.0 / digits.MAX_VALUE),
                'mnist': (mnist.N_PIXELS, 1.0 / 255), 'mnist10k': (mnist.N_PIXELS, 1.0 / 255)}
+# Question answering (kind 'qa'): the loaders return (QACorpus, info) instead of arrays.
+QA_TASKS = ('cnn_qa', 'ptb_cloze')
 TEXT_VOCABS = {'ptb_char': text.PTB_VOCAB, 'ptb_char_valid': text.PTB_VOCAB,
                'text8': text.TEXT8_VOCAB}

@@ -16,6 +16,12 @@ data it would have seen: epoch = step // steps_per_epoch draws its shuffle (and,
 random offset) from np.random.default_rng([seed, epoch]). Deviation from Fuel's ShuffledScheme,
 which the paper's code used: the last partial training batch of an epoch is dropped, so every
 training batch has the same shape and the jitted step compiles once.
+
+Process shares (multi-process data parallelism, normrnn/parallel.py): after
+`task.set_share(i, n)` every batch method returns only rows [i*B/n, (i+1)*B/n) of the batch it
+would return otherwise (B its batch size, padding rows included), and builds only those rows.
+The global batch stays the same function of seed and step; `Task._local` is the one place that
+cuts a share, and every batch builder calls it.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from normrnn.data import mnist, sources
 from normrnn.data.files import DataError
 
 SPLITS = ('train', 'valid', 'test')
-TASK_NAMES = tuple(sources.LOADERS)  # digits, mnist, mnist10k, ptb_char, ptb_char_valid, text8
+TASK_NAMES = tuple(sources.LOADERS)  # digits, mnist, mnist10k, ptb_char, ptb_char_valid, text8,
+                                     # cnn_qa, ptb_cloze
 
 
 def _integer(value, what: str, minimum: int, maximum: int | None = None) -> int:
@@ -50,7 +57,7 @@ def _positive_int(value, what: str) -> int:
 class Task:
   """Shared interface. Attributes:
 
-    name, kind ('classify' or 'lm'), splits ('train', 'valid', 'test'),
+    name, kind ('classify', 'lm' or 'qa': qa.py), splits ('train', 'valid', 'test'),
     input_features  features per input step (1 for images; vocab_size for LM, one-hot),
     num_classes     10 for images, vocab_size for LM,
     vocab_size      None for images,
@@ -69,6 +76,23 @@ class Task:
     self.eval_batch_size = eval_batch_size
     self._info = info
     self._epoch_cache = None  # (epoch, drawn values) of the last epoch used by train_batch.
+    self.share = (0, 1)  # (index, count): this process's block of rows of every batch
+
+  def set_share(self, index: int, count: int) -> None:
+    """From now on every batch holds only block `index` of `count` equal blocks of rows of the
+    global batch (one process's share; see the module docstring). (0, 1) = whole batches."""
+    count = _positive_int(count, 'share count')
+    self.share = (_integer(index, 'share index', 0, count), count)
+
+  def _local(self, items, size: int):
+    """(items, size) of this process's share of a global batch of `size` rows whose first
+    len(items) rows are `items` (row indices or segment starts; the rest is padding)."""
+    index, count = self.share
+    if size % count:
+      raise DataError(f'{self.name}: a batch of {size} rows cannot be split into {count} equal '
+                      f'process shares; use batch sizes divisible by {count}.')
+    rows = size // count
+    return items[index * rows:(index + 1) * rows], rows
 
   def _check_split(self, split: str) -> None:
     if split not in SPLITS:
@@ -143,6 +167,7 @@ class ClassifyTask(Task):
     return rng.permutation(len(self._data['train'][1]))
 
   def _batch(self, split: str, rows: np.ndarray, size: int) -> dict:
+    rows, size = self._local(rows, size)
     images, labels = self._data[split]
     n, steps = len(rows), self.train_length
     inputs = np.zeros((size, steps, 1), np.float32)
@@ -235,6 +260,7 @@ class LMTask(Task):
 
   def _segments(self, split: str, starts: np.ndarray, length: int, size: int) -> dict:
     """Rows of `length` symbols from `starts`, cut at the split's end, padded to `size` rows."""
+    starts, size = self._local(starts, size)
     tokens = self._tokens[split]
     window = starts[:, None] + np.arange(length)
     valid = window < len(tokens)
@@ -294,7 +320,7 @@ class LMTask(Task):
 
 # --- make_task -------------------------------------------------------------------------------
 CONFIG_FIELDS = ('name', 'dir', 'source', 'download', 'pixel_order', 'permutation_seed',
-                 'seq_len', 'batch_size', 'eval_batch_size')
+                 'seq_len', 'batch_size', 'eval_batch_size', 'relevant_sentences', 'max_vocab')
 SOURCES = ('files', 'tfds')
 
 
@@ -311,8 +337,10 @@ def _seed(value, what: str) -> int:
 
 
 def task_kind(name: str) -> str:
-  """'classify' for the image tasks, 'lm' for the text tasks."""
-  return 'classify' if name in sources.IMAGE_TASKS else 'lm'
+  """'classify' for the image tasks, 'qa' for question answering, 'lm' for the text tasks."""
+  if name in sources.IMAGE_TASKS:
+    return 'classify'
+  return 'qa' if name in sources.QA_TASKS else 'lm'
 
 
 def check_data_config(data_cfg) -> dict:
@@ -340,6 +368,14 @@ def check_data_config(data_cfg) -> dict:
   cfg['batch_size'] = _positive_int(cfg['batch_size'], 'data.batch_size')
   cfg['eval_batch_size'] = _positive_int(cfg['eval_batch_size'], 'data.eval_batch_size')
   cfg['seq_len'] = _positive_int(cfg['seq_len'], 'data.seq_len')
+  cfg['relevant_sentences'] = _integer(cfg['relevant_sentences'], 'data.relevant_sentences', 0)
+  cfg['max_vocab'] = _integer(cfg['max_vocab'], 'data.max_vocab', 0)
+  if name not in sources.QA_TASKS:
+    for key in ('relevant_sentences', 'max_vocab'):
+      if cfg[key]:
+        raise DataError(f'data.{key}={cfg[key]} has no meaning for {name} (it is for the '
+                        f'question-answering tasks {", ".join(sources.QA_TASKS)}); set '
+                        f'data.{key}=0.')
   if name in sources.IMAGE_TASKS:
     n_pixels = sources.IMAGE_TASKS[name][0]
     if cfg['seq_len'] != n_pixels:
@@ -349,7 +385,7 @@ def check_data_config(data_cfg) -> dict:
     if cfg['pixel_order'] != 'scanline':
       raise DataError(f'data.pixel_order={cfg["pixel_order"]!r} has no meaning for the text task '
                       f'{name}; set data.pixel_order="scanline".')
-    if cfg['seq_len'] < 2:
+    if cfg['seq_len'] < 2 and name not in sources.QA_TASKS:
       raise DataError(f'data.seq_len={cfg["seq_len"]} gives no prediction step for {name}: a '
                       'language-model segment of length L has L - 1 predictions; use '
                       'data.seq_len >= 2 (the paper: 100 PTB, 180 text8).')
@@ -357,9 +393,10 @@ def check_data_config(data_cfg) -> dict:
 
 
 def train_length(data_cfg) -> int:
-  """Prediction steps of one training example, from the config alone (no file is read)."""
+  """Time steps of one training example, from the config alone (no file is read): the pixel
+  count, seq_len - 1 predictions for LM, the longest document (data.seq_len) for QA."""
   cfg = check_data_config(data_cfg)
-  return cfg['seq_len'] if cfg['name'] in sources.IMAGE_TASKS else cfg['seq_len'] - 1
+  return cfg['seq_len'] - 1 if task_kind(cfg['name']) == 'lm' else cfg['seq_len']
 
 
 def make_task(data_cfg, seed: int) -> Task:
@@ -368,8 +405,11 @@ def make_task(data_cfg, seed: int) -> Task:
   Fields (all required): name (one of TASK_NAMES), dir (folder with the data files; ignored for
   digits), source ('files', or 'tfds' for mnist), download (bool), pixel_order ('scanline',
   'permuted', 'with_replacement'; 'scanline' for text), permutation_seed (int), seq_len (text:
-  training segment length including the target shift; images: must equal the pixel count),
-  batch_size and eval_batch_size (int). `seed` drives the training shuffle (and LM offsets).
+  training segment length including the target shift; images: must equal the pixel count;
+  question answering: the longest document in tokens, longer ones are truncated), batch_size and
+  eval_batch_size (int), relevant_sentences (QA: 0 = whole documents, k = the k sentences most
+  relevant to the query; else 0), max_vocab (QA: 0 = every training word, else the most
+  frequent max_vocab; else 0). `seed` drives the training shuffle (and LM offsets, QA draws).
   """
   cfg = check_data_config(data_cfg)
   name = cfg['name']
@@ -388,6 +428,12 @@ def make_task(data_cfg, seed: int) -> Task:
                 n_pixels=n_pixels, distinct_pixels_shown=int(len(np.unique(order))),
                 pixel_scale=float(scale))
     return ClassifyTask(name, splits, scale=scale, order=order, info=info, **common)
+
+  if name in sources.QA_TASKS:
+    from normrnn.data.qa import QATask  # Here: qa.py extends Task, defined in this module.
+    corpus, info = sources.LOADERS[name](_Config(cfg))
+    return QATask(name, corpus, relevant_sentences=cfg['relevant_sentences'],
+                  max_document_len=seq_len, max_vocab=cfg['max_vocab'], info=info, **common)
 
   splits, info = sources.LOADERS[name](_Config(cfg))
   return LMTask(name, splits, vocab=sources.TEXT_VOCABS[name], seq_len=seq_len, info=info,

@@ -5,16 +5,20 @@ Adding a scheme = one new file `normrnn/norms/<name>.py` ending in `SCHEME = Sch
 Everything else (config defaults and validation, reproduce rows, the benchmark's schemes, the
 parameterized tests) reads this registry. Code outside the package can add a scheme at run time
 with `register(SCHEME)` (README, "Adding a normalization scheme").
+`compose(name, input=..., recurrent=..., cell=...)` builds a per-site scheme from registered ones
+(BN-e* = `compose('batch', input='sequence')`; `compose.py`); composites are derived, never
+registered.
 """
 from __future__ import annotations
 
 from normrnn.norms import (batch, batch_input, cosine, layer, none, sequence, streaming,
                            weight)
 from normrnn.norms.base import SiteNorm
+from normrnn.norms.compose import COMPOSABLE_SITES, compose, site_pairs, valid_at
 from normrnn.norms.scheme import NormOptions, Option, Scheme
 
 __all__ = ['NORMS', 'NormOptions', 'Option', 'Scheme', 'SiteNorm', 'get_scheme', 'register',
-           'unregister', 'all_options']
+           'unregister', 'all_options', 'compose', 'valid_at', 'site_pairs', 'COMPOSABLE_SITES']
 
 _BUILTIN = (
     none.SCHEME,          # baseline LSTM (Cooijmans et al. 2016, --baseline)
@@ -42,7 +46,8 @@ def register(scheme: Scheme) -> Scheme:
   scheme.check()
   known = all_options()
   for option in scheme.options:
-    if option.name in ('name', 'gamma_init', 'eps', 'max_time_steps', 'stats_rate', 'popstats'):
+    if option.name in ('name', 'gamma_init', 'eps', 'max_time_steps', 'stats_rate', 'popstats',
+                       *COMPOSABLE_SITES):
       raise ValueError(f'scheme {scheme.name!r}: option {option.name!r} shadows a config field')
     other = known.get(option.name)
     if other is not None and other is not option:

@@ -115,6 +115,8 @@ class Scheme:
       otherwise.
     cells: the cells of `normrnn.cells.CELLS` this scheme supports: the one place that says
       which scheme has an LSTM, tanh-RNN or GRU form (`check` verifies the sites each needs).
+    parts: for a per-site composite (`normrnn.norms.compose`), the (site, scheme name) pairs
+      whose modules replaced the named scheme's; () for a registered scheme.
   """
   name: str
   label: str
@@ -127,6 +129,7 @@ class Scheme:
   kernel: type
   sum: type | None = None
   cells: tuple[str, ...] = ('lstm',)
+  parts: tuple[tuple[str, str], ...] = ()
 
   def site(self, name: str) -> type:
     """The module class at site `name`; a clear error if the scheme has none there."""

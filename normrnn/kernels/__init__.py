@@ -1,0 +1,81 @@
+"""Kernels: alternative implementations of the recurrence `normrnn.recurrent.Recurrent` runs
+(config field `model.kernel`, `RNNSpec.kernel`).
+
+'scan' (the default) is the reference: `flax.linen.scan` over the cell's `step`, differentiated
+by autodiff. Every other kernel computes the same values (tested against the scan) faster for
+the cells and schemes it supports, and is registered here as a `Kernel`:
+
+  supports(cell, scheme, *, hoist_input, remat, unroll, train) -> None | reason
+      `cell` a name of `normrnn.cells.CELLS`, `scheme` the (possibly per-site composed) Scheme
+      of the layer, the layer's settings and mode; None if the kernel runs that layer.
+  run(cell, carry0, xs, consts, *, unroll, remat) -> (carry, (ys, moments))
+      called by `Recurrent` where it would call the scan, with the same arguments: the bound
+      cell, the initial carry, the time-major scanned inputs {'inputs', 'mask', 'stats',
+      'probe'?} and the hoisted constants {'cell', 'shared_stats'}; returns the final carry,
+      the outputs [time, batch, hidden] (zero at padded steps) and the in-loop sites' per-step
+      moments {site: {'mean', 'var', 'count'}} exactly as the scan returns them.
+
+The parameters are the cell's own (the kernel reads them from the bound cell), so checkpoints,
+re-estimation and every other tool work unchanged whichever kernel trained the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from normrnn.kernels import fused_lstm
+from normrnn.kernels import pallas_lstm
+
+SCAN = 'scan'
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+  name: str
+  doc: str
+  supports: Callable[..., str | None]
+  run: Callable
+
+
+KERNELS: dict[str, Kernel] = {
+    'fused': Kernel('fused', 'pure-JAX custom_vjp over the whole LSTM recurrence',
+                    fused_lstm.supports, fused_lstm.run),
+    'pallas': Kernel('pallas', 'Pallas (Triton) kernel: the whole LSTM recurrence on chip',
+                     pallas_lstm.supports, pallas_lstm.run),
+}
+
+
+def names() -> tuple[str, ...]:
+  """Every valid model.kernel value."""
+  return (SCAN,) + tuple(KERNELS)
+
+
+def refusal(kernel: str, cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
+            train: bool = True) -> str | None:
+  """None if `kernel` runs this layer, else one line saying why not and what it supports."""
+  if kernel == SCAN:
+    return None
+  if kernel not in KERNELS:
+    return f'unknown kernel; valid: {", ".join(names())}'
+  settings = dict(hoist_input=hoist_input, remat=remat, unroll=unroll, train=train)
+  reason = KERNELS[kernel].supports(cell, scheme, **settings)
+  if reason is None:
+    return None
+  from normrnn.norms import NORMS  # pylint: disable=g-import-not-at-top
+  ok = [name for name, s in NORMS.items()
+        if cell in s.cells and KERNELS[kernel].supports(cell, s, **settings) is None]
+  supported = (f'with cell={cell!r} it supports the schemes {", ".join(ok)}' if ok else
+               f'it supports no scheme with cell={cell!r}')
+  return f"{reason}; {supported}; kernel 'scan' runs every one"
+
+
+def for_layer(kernel: str, cell, *, remat: bool, unroll: int) -> Kernel:
+  """The registered kernel for a layer of `Recurrent` (`cell`: its bound cell module); a
+  ValueError with `refusal`'s line if it does not support that layer."""
+  from normrnn.cells import CELLS  # pylint: disable=g-import-not-at-top
+  name = next((k for k, v in CELLS.items() if type(cell) is v), type(cell).__name__)
+  reason = refusal(kernel, name, cell.scheme, hoist_input=cell.hoist_input, remat=remat,
+                   unroll=unroll, train=cell.train)
+  if reason is not None:
+    raise ValueError(f'kernel={kernel!r} is not valid: {reason}')
+  return KERNELS[kernel]
