@@ -72,10 +72,11 @@ def _assert_equal(out, rtol=1e-9, atol=1e-10):  # float64
 @pytest.mark.parametrize('scheme, train, settings', [
     # The task configs' settings: the input term in the step, remat (the recomputing backward).
     ('none', True, dict(hoist_input=False, remat=True)),
-    # + the valid-prefix reverse direction, the gradient probe, h_0 noise and a loss that reads
-    # the returned moments (their cotangents go through the kernel's backward).
+    # + the valid-prefix reverse direction, the gradient probe, h_0 noise, a loss that reads the
+    # returned moments (their cotangents go through the kernel's backward), and chunks of 2
+    # steps over 7 (the last one padded): the backward's per-chunk matmuls and sums add up.
     ('batch', True, dict(hoist_input=False, remat=True, reverse=True, probe=True, h0_noise=0.5,
-                         use_moments=True)),
+                         use_moments=True, length=7, t_max=7, max_chunk=2)),
     # remat=False: the backward reads the activations the forward saved. Evaluation: population
     # statistics (their gradients too).
     ('batch', False, dict(hoist_input=False, remat=False, probe=True)),
@@ -85,18 +86,11 @@ def _assert_equal(out, rtol=1e-9, atol=1e-10):  # float64
     # applied before the loop, by autodiff.)
     (compose('batch', input='sequence'), True, dict(hoist_input=True, remat=True)),
 ])
-def test_equals_scan(scheme, train, settings):
+def test_equals_scan(scheme, train, settings, monkeypatch):
+  settings = dict(settings)
+  monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', settings.pop('max_chunk', fused_lstm.MAX_CHUNK))
   with jax.enable_x64(True):
     _assert_equal(_run(scheme, train=train, **settings))
-
-
-def test_several_chunks(monkeypatch):
-  """Chunks of 2 steps over 7 (the last one padded): the backward's per-chunk matmuls and sums
-  add up to the scan's gradients."""
-  monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', 2)
-  with jax.enable_x64(True):
-    _assert_equal(_run('batch', train=True, length=7, t_max=7, hoist_input=False, remat=True,
-                       use_moments=True))
 
 
 def test_finite_differences():

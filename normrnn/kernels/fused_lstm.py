@@ -9,25 +9,28 @@ of every parameter and of the inputs, tests/test_fused.py):
   c_t = sigma(f) c_{t-1} + sigma(i) tanh(g),     h_t = sigma(o) tanh(N_c(c_t))
 
 What differs is how the gradient is computed. Autodiff of the scan differentiates every small op
-of every step and accumulates the weight gradient W_h^T-outer products step by step inside the
-reverse loop. Here:
+of every step and accumulates the weight gradient as one small outer product per step inside the
+reverse loop. Here (measured at the sMNIST and PTB shapes, docs/benchmarks.md):
 
-* the forward is one `lax.scan` that saves only what the backward needs: the carried (h_t, c_t)
-  and this batch's per-step moments; with `remat=False` also the gate activations, tanh(N_c(c_t))
-  and the normalized recurrent and cell terms (with `remat=True` the backward recomputes them
-  from h_{t-1}, c_{t-1} and the saved moments: no batch reductions are recomputed);
-* the backward is one reverse `lax.scan` with the cell's gradient written out: the LSTM gates,
-  the BN backward of the recurrent and cell sites per step (the classic formula of
-  `normrnn.norms.base.masked_standardize`, masked), or the LN backward, the held carry of padded
-  steps; it returns dL/d(pre-activation) and dL/d(W_h h_{t-1}) for every step;
-* everything that does not feed the recurrence is computed AFTER that loop over all T*B rows at
-  once: dW_h = [h_{t-1}]^T [dL/d(W_h h_{t-1})] as ONE [H, T*B] x [T*B, 4H] matmul, dW_x, dL/dx and
-  the input-site backward (its BN statistics are per step but do not depend on h), the bias,
-  gain and shift gradients;
+* both loops run over chunks of `chunk_size` steps (16 at the sMNIST shape, 2 at PTB's): what
+  does not depend on h is computed for a chunk at once on cache-sized [chunk, B, 4H] blocks, the
+  input term N_x(W_x x_t) and its BN statistics in the forward, its backward in the backward;
+  only the recurrence runs step by step;
+* the forward saves only what the backward needs: h_{t-1} and c_{t-1} as they enter each step,
+  this batch's per-step moments (the backward normalizes with them: no batch reduction is
+  recomputed), and with `remat=False` also W_h h_{t-1} (with `remat=True` the backward
+  recomputes it: one matmul per step more, 4H fewer floats per row to write and re-read);
+* the backward is one reverse loop with the cell's gradient written out: the LSTM gates, the BN
+  backward of the recurrent and cell sites per step (the classic formula of
+  `normrnn.norms.base.masked_standardize`, masked) or the LN backward, the held carry of padded
+  steps. What does not feed the recurrence is computed after each chunk for all its steps at
+  once: dW_h = [h_{t-1}]^T [dL/d(W_h h_{t-1})] as one [H, chunk*B] x [chunk*B, 4H] matmul (one
+  matmul over all T*B rows after the loop was slower: it writes and re-reads [T, B, 4H] stacks
+  from memory), dW_x, dL/dx, the input site's backward, the bias, gain and shift sums;
 * zero cotangents are known at trace time (`symbolic_zeros`): the sMNIST loss reads only the last
-  h, so the per-step output cotangents are never built; cotangents of the returned moments (zero
+  h, so no per-step output cotangent is ever added; the cotangents of the returned moments (zero
   in a train step: they only update the population tables) add their terms only when nonzero;
-  the input gradient is computed only if the inputs are differentiated.
+  dL/dx is computed only if the inputs are differentiated.
 
 Supported (`supports`): the LSTM cell; at the sites computed inside the loop the modules
 `none.Identity`, `batch.BatchStep` (batch statistics in training, per-step population tables in
@@ -50,7 +53,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from normrnn import cells
-from normrnn.norms import base, batch, layer, none
+from normrnn.norms import batch, layer, none
 
 # The in-loop site modules this kernel has written out, by exact class (a subclass may change the
 # maths).
@@ -75,15 +78,18 @@ def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
   return None
 
 
-# The backward loop's per-chunk blocks ([chunk, B, 4H] each) are kept near this size so that
-# they stay in cache: 16 steps at the sMNIST shape (B=64, H=100), 2 at PTB's (H=1000). Measured
+# The loops' per-chunk blocks ([chunk, B, 4H] each) are kept near this size so that they stay in
+# cache: 16 steps at the sMNIST shape (B=64, H=100), 2 at PTB's (H=1000). Measured
 # (docs/benchmarks.md): larger chunks were slower at both shapes, one [T, B, 4H] block slowest.
 CHUNK_BYTES = 2 ** 21
 MAX_CHUNK = 16
 
 
-def chunk_size(batch: int, features: int, itemsize: int = 4) -> int:
-  return max(1, min(MAX_CHUNK, CHUNK_BYTES // (batch * features * itemsize)))
+def chunk_size(length: int, batch: int, features: int, itemsize: int = 4) -> int:
+  """Steps per chunk: near CHUNK_BYTES per block, and a divisor of `length` if one is within a
+  factor 2 (else the last chunk is padded, which copies the inputs once)."""
+  size = max(1, min(MAX_CHUNK, CHUNK_BYTES // (batch * features * itemsize)))
+  return next((k for k in range(size, max(1, size // 2 - 1), -1) if length % k == 0), size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +115,7 @@ def run(cell, carry0, xs, consts, *, unroll: int, remat: bool):
   plan = Plan(input=SITE_KINDS[scheme.input] if in_loop else None,
               recurrent=SITE_KINDS[scheme.recurrent], cell=SITE_KINDS[scheme.cell],
               train=cell.train, eps=cell.options.eps, remat=remat, unroll=unroll,
-              chunk=chunk_size(xs['mask'].shape[1], 4 * cell.hidden))
+              chunk=chunk_size(*xs['mask'].shape, 4 * cell.hidden))
   params = cell.variables['params']
   sites = ('input',) * in_loop + ('recurrent', 'cell')  # the hoisted input site's parameters
   p = dict(kernel_h=consts['cell']['kernel_h'], bias=params['bias'],  # get autodiff there
@@ -125,9 +131,9 @@ def run(cell, carry0, xs, consts, *, unroll: int, remat: bool):
 
 
 # ----------------------------------------------------------------------------------------------
-# One site: forward and backward. `a` is [..., B, F] (one step, or all steps for the input site
-# after the loop); `mask` is a's shape without F. Reductions of BN run over the batch axis -2,
-# of LN over the feature axis -1.
+# One site: forward and backward. `a` is [..., B, F] (one step, or a chunk of steps for the input
+# site); `mask` is a's shape without F. Reductions of BN run over the batch axis -2, of LN over
+# the feature axis -1.
 
 
 def _site_forward(kind, a, mask, n, p, stats, *, train, eps):
@@ -211,7 +217,7 @@ def _input_term(plan, p, inputs, mask, n, stats):
 
 def _step_forward(plan, p, h_prev, c_prev, xn_t, mask_t, n_t, stats_t, probe_t, a_h=None):
   """One LSTM step -> ((h, c) before holding padded steps, residuals for the backward,
-  moments). `a_h` = W_h h_{t-1} if known (then h_prev is not read)."""
+  moments). `a_h` = W_h h_{t-1} if the forward saved it (else it is computed from h_prev)."""
   site = functools.partial(_site_forward, train=plan.train, eps=plan.eps)
   moments = {}
   if a_h is None:
@@ -219,7 +225,7 @@ def _step_forward(plan, p, h_prev, c_prev, xn_t, mask_t, n_t, stats_t, probe_t, 
   hn, res_h, moments['recurrent'] = site(plan.recurrent, a_h, mask_t, n_t,
                                          p['sites']['recurrent'], stats_t.get('recurrent'))
   pre = xn_t + hn + p['bias']
-  hidden = h_prev.shape[-1]
+  hidden = c_prev.shape[-1]
   acts = jnp.concatenate([jnp.tanh(pre[..., :hidden]), jax.nn.sigmoid(pre[..., hidden:])], -1)
   g, f, i, o = jnp.split(acts, 4, axis=-1)
   c = f * c_prev + i * g
@@ -307,10 +313,10 @@ def _fused_fwd(plan, p, carry0, inputs, mask, stats, probe):
       v.perturbed for v in jax.tree.leaves(stats, is_leaf=lambda v: hasattr(v, 'perturbed'))))
   p, carry0, inputs, mask, stats, probe = jax.tree.map(
       _value, (p, carry0, inputs, mask, stats, probe), is_leaf=lambda v: hasattr(v, 'perturbed'))
-  out, (h_prev, c_prev, res) = _forward(plan, p, carry0, inputs, mask, stats, probe,
-                                save=not plan.remat)
+  out, (h_prev, c_prev, a_h) = _forward(plan, p, carry0, inputs, mask, stats, probe,
+                                        save=not plan.remat)
   moments = out[2]
-  return out, (p, carry0, inputs, mask, stats, probe is not None, h_prev, c_prev, res, moments,
+  return out, (p, carry0, inputs, mask, stats, probe is not None, h_prev, c_prev, a_h, moments,
                perturbed)
 
 
@@ -319,7 +325,7 @@ def _zero(ct):
 
 
 def _fused_bwd(plan, saved, cts):
-  p, (h0, c0), inputs, mask, stats, has_probe, h_prev, c_prev, res, moments, perturbed = saved
+  p, (h0, c0), inputs, mask, stats, has_probe, h_prev, c_prev, a_h, moments, perturbed = saved
   (dh_T, dc_T), dys, dmoments = cts
   dtype, length = h0.dtype, mask.shape[0]
   counts = jnp.sum(mask.astype(dtype), axis=1)
@@ -333,20 +339,18 @@ def _fused_bwd(plan, saved, cts):
   if plan.train:
     stats = {s: dict(mean=m['mean'], r=lax.rsqrt(m['var'] + plan.eps))
              for s, m in moments.items()}
-  xs = dict(mask=mask, h_prev=h_prev, c_prev=c_prev,
-            n=jnp.maximum(counts, 1.0),
-            dy=None if _zero(dys) else dys, dmom=dmom, res=res,
-            inputs=inputs, stats=stats)
+  xs = dict(mask=mask, h_prev=h_prev, c_prev=c_prev, a_h=a_h, n=jnp.maximum(counts, 1.0),
+            dy=None if _zero(dys) else dys, dmom=dmom, inputs=inputs, stats=stats)
   site_bwd = functools.partial(_site_backward, train=plan.train)
   p_in, p_rec, p_cell = (p['sites'].get('input'), p['sites']['recurrent'], p['sites']['cell'])
 
   def step(carry, x):
     """One step back through the cell: the recurrent part only."""
     dh, dc = carry
-    # The step's activations again, from the saved W_h h_{t-1} or (remat) from h_{t-1}: one
-    # matmul more, but 4H fewer floats per row to write and re-read.
+    # The step's activations again (elementwise, with the saved statistics), from the saved
+    # W_h h_{t-1} or, with remat, from h_{t-1}.
     _, res_t, _ = _step_forward(plan, p, x['h_prev'], x['c_prev'], x['xn'], x['mask'], x['n'],
-                                x['stats'], None, a_h=x['res'])
+                                x['stats'], None, a_h=x['a_h'])
     m = x['mask'][:, None].astype(dtype)
     keep = m > 0
     if x['dy'] is not None:
@@ -371,10 +375,8 @@ def _fused_bwd(plan, saved, cts):
     return (dh_prev, dc_prev), out
 
   def chunk(carry, x):
-    """`plan.chunk` steps back, then what does not feed the recurrence for all of them at once:
-    dW_h = [h_{t-1}]^T [dL/d(W_h h_{t-1})] as one [H, chunk*B] x [chunk*B, 4H] matmul (cache-
-    sized; one matmul over all T*B rows after the loop writes and re-reads [T, B, 4H] stacks
-    from memory and was slower), the bias, gain and shift sums and the input site."""
+    """`plan.chunk` steps back, then what does not feed the recurrence for all of them at once
+    (dW_h, the bias, gain and shift sums, the input site; see the module docstring)."""
     (dh, dc), acc = carry
     xn, res_x, _ = _input_term(plan, p, x['inputs'], x['mask'], x['n'], x['stats'])
     (dh, dc), seq = lax.scan(step, (dh, dc), dict(x, xn=xn), reverse=True, unroll=plan.unroll)
