@@ -77,8 +77,8 @@ def _assert_equal(out, rtol=1e-9, atol=1e-10):  # float64
     # steps over 7 (the last one padded): the backward's per-chunk matmuls and sums add up.
     ('batch', True, dict(hoist_input=False, remat=True, reverse=True, probe=True, h0_noise=0.5,
                          use_moments=True, length=7, t_max=7, max_chunk=2)),
-    # remat=False: the backward reads the activations the forward saved. Evaluation: population
-    # statistics (their gradients too).
+    # remat=False: the backward starts from the W_h h_{t-1} the forward saved. Evaluation:
+    # population statistics (their gradients too).
     ('batch', False, dict(hoist_input=False, remat=False, probe=True)),
     ('layer', True, dict(hoist_input=False, remat=False)),
     # A hoisted input term (sequence-wise BN always is) in a per-site composite (BN-e*). (The

@@ -15,16 +15,20 @@ the cells and schemes it supports, and is registered here as a `Kernel`:
       the outputs [time, batch, hidden] (zero at padded steps) and the in-loop sites' per-step
       moments {site: {'mean', 'var', 'count'}} exactly as the scan returns them.
 
-The parameters are the cell's own (the kernel reads them from the bound cell), so checkpoints,
-re-estimation and every other tool work unchanged whichever kernel trained the model.
+The parameters are the cell's own (the kernel reads them from the bound cell; initialization
+always runs the scan), so checkpoints, re-estimation and every other tool work unchanged
+whichever kernel trained the model. `refusal` is the one check, used by the config validation
+(`normrnn.config.schema`), `RNNSpec` and `Recurrent`.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
 
+from normrnn.cells import CELLS
 from normrnn.kernels import fused_lstm
 from normrnn.kernels import pallas_lstm
+from normrnn.norms import NORMS
 
 SCAN = 'scan'
 
@@ -61,7 +65,6 @@ def refusal(kernel: str, cell: str, scheme, *, hoist_input: bool, remat: bool, u
   reason = KERNELS[kernel].supports(cell, scheme, **settings)
   if reason is None:
     return None
-  from normrnn.norms import NORMS  # pylint: disable=g-import-not-at-top
   ok = [name for name, s in NORMS.items()
         if cell in s.cells and KERNELS[kernel].supports(cell, s, **settings) is None]
   supported = (f'with cell={cell!r} it supports the schemes {", ".join(ok)}' if ok else
@@ -72,7 +75,6 @@ def refusal(kernel: str, cell: str, scheme, *, hoist_input: bool, remat: bool, u
 def for_layer(kernel: str, cell, *, remat: bool, unroll: int) -> Kernel:
   """The registered kernel for a layer of `Recurrent` (`cell`: its bound cell module); a
   ValueError with `refusal`'s line if it does not support that layer."""
-  from normrnn.cells import CELLS  # pylint: disable=g-import-not-at-top
   name = next((k for k, v in CELLS.items() if type(cell) is v), type(cell).__name__)
   reason = refusal(kernel, name, cell.scheme, hoist_input=cell.hoist_input, remat=remat,
                    unroll=unroll, train=cell.train)
