@@ -42,7 +42,7 @@ as Fig. 3a; data=full: whole documents, 400k steps as Fig. 3b), days on a GPU; c
 the same models on ptb_cloze (a CPU-scale cloze task from PTB text, NOT the paper's data; see
 configs/ptb_cloze.py, which is this file with that data), for plumbing and CPU-scale runs.
 """
-from normrnn.config import build
+from normrnn.config import build, schema
 
 VARIANTS = {
     # norm, input-site scheme, attention/output norm, bidirectional, learning rate / batch of the
@@ -133,21 +133,12 @@ def variant_sweep(get_config_fn, arg=None) -> list[dict]:
   """One point per variant: the overrides that turn `get_config_fn(arg)` (any variant; size, data
   and hparams as given) into that variant's own config, first `wandb.name` = the variant (so the
   point's directory name starts with it)."""
-  base = _flat(get_config_fn(arg).to_dict())
+  base = schema.flatten(get_config_fn(arg).to_dict())
   points = []
   for name in VARIANTS:
-    variant = _flat(get_config_fn(f'{arg},variant={name}' if arg else f'variant={name}')
+    variant = schema.flatten(get_config_fn(f'{arg},variant={name}' if arg else f'variant={name}')
                     .to_dict())
     points.append({'wandb.name': name, **{k: v for k, v in variant.items()
                                           if v != base[k] and k not in ('paper', 'wandb.tags')}})
   return points
 
-
-def _flat(d, prefix=''):
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out

@@ -100,11 +100,12 @@ def upgrade_saved_config(saved: dict) -> dict:
   return out
 
 
-def _flatten(d, prefix=''):
+def flatten(d, prefix=''):
+  """A nested dict as {'a.b.c': leaf} (config.json's fields by dotted name)."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out
@@ -115,8 +116,8 @@ def check_resume(saved: dict | None, current: dict) -> None:
   RESUMABLE_CHANGES (both plain dicts, as in config.json)."""
   if saved is None:
     return
-  a = _flatten(upgrade_saved_config(saved))
-  b = _flatten(json.loads(json.dumps(current)))
+  a = flatten(upgrade_saved_config(saved))
+  b = flatten(json.loads(json.dumps(current)))
   changed = sorted(k for k in set(a) | set(b)
                    if a.get(k) != b.get(k) and k not in RESUMABLE_CHANGES)
   if changed:
