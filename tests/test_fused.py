@@ -1,13 +1,18 @@
-"""The fused kernel (model.kernel='fused', normrnn/kernels/fused_lstm.py) against the scan.
+"""The fused kernels against the scan: 'fused' (normrnn/kernels/fused_lstm.py) and 'cpu', the
+same custom_vjp with its two loops in C++ (normrnn/kernels/cpu_lstm.py, cpu_lstm.cc).
 
-Every comparison runs the same `Recurrent` layer with kernel='scan' (the reference) and
-kernel='fused' and compares the outputs, the final carry, the moments returned for the population
+Every comparison runs the same `Recurrent` layer with kernel='scan' (the reference) and the
+kernel under test and compares the outputs, the final carry, the moments returned for the population
 tables, the updated tables and the gradients of one loss w.r.t. every parameter, the inputs, the
 probe and (in evaluation) the population tables, in float64 (tight tolerance), for a masked batch
 (padding of different lengths, garbage in the padding) and a full one. Then: finite differences,
 sequences longer than the tables, chunked evaluation, the registry's refusals and the config
-field, and a float32 smoke training run whose losses match the scan's.
+field, and a float32 smoke training run whose losses match the scan's. The C++ kernel also runs
+with its batch split over several threads (uneven blocks of rows), and if its extension was not
+built its tests are skipped, except under CI (CI=true), where that is an error.
 """
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,11 +20,22 @@ import pytest
 
 from normrnn import experiment, kernels, models
 from normrnn.config import schema
-from normrnn.kernels import fused_lstm
+from normrnn.kernels import cpu_lstm, fused_lstm
 from normrnn.norms import NORMS, compose
 from tests import helpers
 
 LENGTHS = [5, 2, 4, 3]  # B = 4, T = 5
+
+
+def _kernel(name):
+  """A pytest param for each kernel; 'cpu' is skipped where its C++ extension is unavailable
+  (never under CI: the install there must build it)."""
+  why = cpu_lstm.unavailable() if name == 'cpu' else None
+  marks = [pytest.mark.skip(reason=why)] if why and os.environ.get('CI') != 'true' else []
+  return pytest.param(name, marks=marks)
+
+
+KERNELS = [_kernel('fused'), _kernel('cpu')]
 
 
 def _layer(scheme, kernel, **kw):
@@ -30,10 +46,11 @@ def _layer(scheme, kernel, **kw):
   return layer.clone(cell=cell)
 
 
-def _run(scheme, *, train, length=5, use_moments=False, probe=False, **kw):
-  """{kernel: [results of the full batch, results of the masked batch]}; each result holds the
-  outputs, final carry, updated collections and the gradients of one loss."""
-  layers = {k: _layer(scheme, k, train=train, **kw) for k in ('scan', 'fused')}
+def _run(scheme, kernel, *, train, length=5, use_moments=False, probe=False, **kw):
+  """{'scan': [...], 'kernel': [...]}: results of the full batch and of the masked batch; each
+  holds the outputs, final carry, updated collections and the gradients of one loss."""
+  layers = {'scan': _layer(scheme, 'scan', train=train, **kw),
+            'kernel': _layer(scheme, kernel, train=train, **kw)}
   x, _ = helpers.data(length=length)
   rngs = {'noise': jax.random.PRNGKey(3)}
   variables = layers['scan'].init({'params': jax.random.PRNGKey(0), **rngs}, x)
@@ -63,7 +80,7 @@ def _run(scheme, *, train, length=5, use_moments=False, probe=False, **kw):
 
 
 def _assert_equal(out, rtol=1e-9, atol=1e-10):  # float64
-  for scan, fused in zip(out['scan'], out['fused']):
+  for scan, fused in zip(out['scan'], out['kernel']):
     assert jax.tree.structure(scan) == jax.tree.structure(fused)
     for a, b in zip(jax.tree.leaves(scan), jax.tree.leaves(fused)):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=rtol, atol=atol)
@@ -86,33 +103,50 @@ def _assert_equal(out, rtol=1e-9, atol=1e-10):  # float64
     # applied before the loop, by autodiff.)
     (compose('batch', input='sequence'), True, dict(hoist_input=True, remat=True)),
 ])
-def test_equals_scan(scheme, train, settings, monkeypatch):
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_equals_scan(kernel, scheme, train, settings, monkeypatch):
   settings = dict(settings)
   monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', settings.pop('max_chunk', fused_lstm.MAX_CHUNK))
   with jax.enable_x64(True):
-    _assert_equal(_run(scheme, train=train, **settings))
+    _assert_equal(_run(scheme, kernel, train=train, **settings))
 
 
-def test_finite_differences():
-  helpers.check_gradients('batch', kernel='fused', hoist_input=False, remat=True)
+@pytest.mark.parametrize('scheme, train', [('batch', True), ('batch', False), ('layer', True)])
+def test_cpu_kernel_threads(scheme, train, monkeypatch):
+  """The C++ kernel with the batch of 4 split over 3 threads (rows 1 / 1 / 2): BN's batch sums
+  meet across threads, each thread keeps its own parameter cotangents."""
+  if (why := cpu_lstm.unavailable()) and os.environ.get('CI') != 'true':
+    pytest.skip(why)
+  monkeypatch.setenv('NORMRNN_CPU_THREADS', '3')
+  assert cpu_lstm.threads(4) == 3
+  monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', 2)
+  with jax.enable_x64(True):
+    _assert_equal(_run(scheme, 'cpu', train=train, hoist_input=False, remat=True, probe=True,
+                       use_moments=train and scheme == 'batch', length=7, t_max=7))
 
 
-def test_longer_than_the_tables_and_chunked_evaluation():
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_finite_differences(kernel):
+  helpers.check_gradients('batch', kernel=kernel, hoist_input=False, remat=True)
+
+
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_longer_than_the_tables_and_chunked_evaluation(kernel):
   """Evaluation beyond max_time_steps uses the last step's statistics (both kernels), and a long
   sequence evaluated in chunks (initial_carry, position_offset) equals it in one piece."""
   x, mask = helpers.data(length=9, lengths=[9, 4, 7, 9])
   layers = {k: _layer('batch', k, train=False, t_max=4, hoist_input=False) for k in
-            ('scan', 'fused')}
+            ('scan', kernel)}
   variables = layers['scan'].init(jax.random.PRNGKey(0), x, mask)
   variables = dict(variables, batch_stats=helpers.random_tables(variables['batch_stats'],
                                                                 jax.random.PRNGKey(2)))
   whole = {k: jax.jit(layer.apply)(variables, x, mask) for k, layer in layers.items()}
-  for a, b in zip(jax.tree.leaves(whole['scan']), jax.tree.leaves(whole['fused'])):
+  for a, b in zip(jax.tree.leaves(whole['scan']), jax.tree.leaves(whole[kernel])):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-  first, carry = layers['fused'].apply(variables, x[:, :5], mask[:, :5])
-  second, carry = layers['fused'].apply(variables, x[:, 5:], mask[:, 5:], initial_carry=carry,
-                                        position_offset=5)
-  np.testing.assert_allclose(np.concatenate([first, second], 1), whole['fused'][0], rtol=1e-5,
+  first, carry = layers[kernel].apply(variables, x[:, :5], mask[:, :5])
+  second, carry = layers[kernel].apply(variables, x[:, 5:], mask[:, 5:], initial_carry=carry,
+                                       position_offset=5)
+  np.testing.assert_allclose(np.concatenate([first, second], 1), whole[kernel][0], rtol=1e-5,
                              atol=1e-6)
 
 
@@ -142,6 +176,30 @@ def test_supports_and_refusals():
     _layer('cosine', 'fused', train=True).init(jax.random.PRNGKey(0), x, mask)
 
 
+def test_cpu_kernel_refusals(monkeypatch):
+  """The C++ kernel supports what the fused kernel supports, and says so in its own name; where
+  its extension cannot run it refuses every scheme with the reason, and the config check names
+  it."""
+  settings = dict(hoist_input=False, remat=True, unroll=1, train=True)
+  assert 'cpu kernel has no written-out backward for Cosine' in cpu_lstm.supports(
+      'lstm', NORMS['cosine'], **settings)
+  assert 'cpu kernel implements the LSTM cell only' in cpu_lstm.supports(
+      'gru', NORMS['none'], **settings)
+  monkeypatch.setattr(cpu_lstm, 'unavailable', lambda: 'the C++ extension was not built')
+  assert cpu_lstm.supports('lstm', NORMS['batch'], **settings) == 'the C++ extension was not built'
+  why = kernels.refusal('cpu', 'lstm', NORMS['batch'], hoist_input=False, remat=True, unroll=1)
+  assert why.startswith('the C++ extension was not built; it supports no scheme')
+  config = helpers.config_module('digits').get_config('norm=batch,size=smoke')
+  config.model.kernel = 'cpu'
+  with pytest.raises(schema.ConfigError, match="model.kernel='cpu' is not valid.*not built"):
+    schema.validate(config)
+  # The batch split: one thread per 16 rows at most, NORMRNN_CPU_THREADS overrides (per row).
+  monkeypatch.delenv('NORMRNN_CPU_THREADS', raising=False)
+  assert cpu_lstm.threads(8) == 1 and 1 <= cpu_lstm.threads(64) <= 4
+  monkeypatch.setenv('NORMRNN_CPU_THREADS', '6')
+  assert cpu_lstm.threads(4) == 4 and cpu_lstm.threads(64) == 6
+
+
 def test_config_field():
   digits = helpers.config_module('digits')
   config = digits.get_config('norm=batch,size=smoke')
@@ -161,22 +219,23 @@ def test_config_field():
   assert 'model.kernel' in schema.RESUMABLE_CHANGES
 
 
-def test_smoke_training_run_matches_the_scan():
-  """A run's config with `--config.model.kernel=fused` (the digits BN-LSTM, smoke size, RMSProp)
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_smoke_training_run_matches_the_scan(kernel):
+  """A run's config with `--config.model.kernel=fused|cpu` (the digits BN-LSTM, smoke size, RMSProp)
   trains with the scan's losses and gradient norms, to float32 accuracy. (Not bitwise: the two
   sum the gradient terms in different orders. The parameters are not compared: h_0's gradient
   through the recurrent BN is zero up to rounding at t = 0 (all rows of W_h h_0 are equal), and
   RMSProp's g / sqrt(mean g^2) turns that rounding noise into full-size steps in both.)"""
   digits = helpers.config_module('digits')
   runs = {}
-  for kernel in ('scan', 'fused'):
+  for name in ('scan', kernel):
     config = digits.get_config('norm=batch,size=smoke')
-    config.model.kernel = kernel
+    config.model.kernel = name
     exp = experiment.Experiment.from_config(config)
     state, step, metrics = exp.init_state(), jax.jit(exp.train_step()), []
     for i in range(6):
       state, m = step(state, exp.task.train_batch(i))
       metrics.append((m['loss'], m['grad_norm']))
-    runs[kernel] = np.array(metrics)
-  np.testing.assert_allclose(runs['fused'][:, 0], runs['scan'][:, 0], rtol=1e-5)  # losses
-  np.testing.assert_allclose(runs['fused'][:, 1], runs['scan'][:, 1], rtol=1e-3)
+    runs[name] = np.array(metrics)
+  np.testing.assert_allclose(runs[kernel][:, 0], runs['scan'][:, 0], rtol=1e-5)  # losses
+  np.testing.assert_allclose(runs[kernel][:, 1], runs['scan'][:, 1], rtol=1e-3)

@@ -23,9 +23,11 @@ whichever kernel trained the model. `refusal` is the one check, used by the conf
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 from normrnn.cells import CELLS
+from normrnn.kernels import cpu_lstm
 from normrnn.kernels import fused_lstm
 from normrnn.kernels import pallas_lstm
 from normrnn.norms import NORMS
@@ -44,6 +46,8 @@ class Kernel:
 KERNELS: dict[str, Kernel] = {
     'fused': Kernel('fused', 'pure-JAX custom_vjp over the whole LSTM recurrence',
                     fused_lstm.supports, fused_lstm.run),
+    'cpu': Kernel('cpu', "the fused kernel's two loops in C++ (XLA FFI, OpenBLAS), CPU backend",
+                  cpu_lstm.supports, functools.partial(fused_lstm.run, native=True)),
     'pallas': Kernel('pallas', 'Pallas (Triton) kernel: the whole LSTM recurrence on chip',
                      pallas_lstm.supports, pallas_lstm.run),
 }

@@ -53,6 +53,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from normrnn import cells
+from normrnn.kernels import cpu_lstm
 from normrnn.norms import batch, layer, none
 
 # The in-loop site modules this kernel has written out, by exact class (a subclass may change the
@@ -103,19 +104,21 @@ class Plan:
   remat: bool
   unroll: int
   chunk: int
+  native: bool = False  # the loops in C++ (kernel 'cpu', normrnn/kernels/cpu_lstm.py)
 
 
-def run(cell, carry0, xs, consts, *, unroll: int, remat: bool):
+def run(cell, carry0, xs, consts, *, unroll: int, remat: bool, native: bool = False):
   """The fused loop with the scan's interface (`normrnn.recurrent.Recurrent`): `cell` is the
   bound NormLSTMCell, `carry0` its initial carry, `xs` the time-major scanned inputs (inputs,
-  mask, per-step stats, optional probe), `consts` the hoisted constants. Returns
-  (carry, (ys [T, B, H], moments {site: {'mean', 'var', 'count'}} of the in-loop sites))."""
+  mask, per-step stats, optional probe), `consts` the hoisted constants; `native`: run the two
+  loops in C++ (kernel 'cpu'). Returns (carry, (ys [T, B, H], moments {site: {'mean', 'var',
+  'count'}} of the in-loop sites))."""
   scheme = cell.scheme
   in_loop = cells.input_in_loop(cell)
   plan = Plan(input=SITE_KINDS[scheme.input] if in_loop else None,
               recurrent=SITE_KINDS[scheme.recurrent], cell=SITE_KINDS[scheme.cell],
               train=cell.train, eps=cell.options.eps, remat=remat, unroll=unroll,
-              chunk=chunk_size(*xs['mask'].shape, 4 * cell.hidden))
+              chunk=chunk_size(*xs['mask'].shape, 4 * cell.hidden), native=native)
   params = cell.variables['params']
   sites = ('input',) * in_loop + ('recurrent', 'cell')  # the hoisted input site's parameters
   p = dict(kernel_h=consts['cell']['kernel_h'], bias=params['bias'],  # get autodiff there
@@ -269,12 +272,17 @@ def _rows(a):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _fused(plan, p, carry0, inputs, mask, stats, probe):
-  return _forward(plan, p, carry0, inputs, mask, stats, probe, save=False)[0]
+  return _forward(plan, p, carry0, inputs, mask, stats, probe, save=False, residuals=False)[0]
 
 
-def _forward(plan, p, carry0, inputs, mask, stats, probe, *, save):
+def _forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals=True):
   """-> ((final (h, c), ys, moments), (h_{t-1}, c_{t-1} for every step, residual stacks or
-  None)). The carries are saved as they enter each step: the backward reads them there."""
+  None)). The carries are saved as they enter each step: the backward reads them there.
+  `save`: save W_h h_{t-1} too; `residuals=False` (the primal call): nothing is saved (unused
+  outputs of the XLA loop are dropped by the compiler; the C++ loop is told)."""
+  if plan.native:
+    return cpu_lstm.forward(plan, p, carry0, inputs, mask, stats, probe, save=save,
+                            residuals=residuals)
 
   def step(carry, x):
     h_prev, c_prev = carry
@@ -339,6 +347,12 @@ def _fused_bwd(plan, saved, cts):
   if plan.train:
     stats = {s: dict(mean=m['mean'], r=lax.rsqrt(m['var'] + plan.eps))
              for s, m in moments.items()}
+  if plan.native:
+    return cpu_lstm.backward(plan, p, (h0, c0), inputs, mask, stats, has_probe, h_prev, c_prev,
+                             a_h, None if _zero(dh_T) else dh_T, None if _zero(dc_T) else dc_T,
+                             None if _zero(dys) else dys, dmom,
+                             want_inputs=plan.input is None or perturbed['inputs'],
+                             want_stats=perturbed['stats'] and not plan.train)
   xs = dict(mask=mask, h_prev=h_prev, c_prev=c_prev, a_h=a_h, n=jnp.maximum(counts, 1.0),
             dy=None if _zero(dys) else dys, dmom=dmom, inputs=inputs, stats=stats)
   site_bwd = functools.partial(_site_backward, train=plan.train)

@@ -1,0 +1,807 @@
+// The normalized LSTM's whole recurrence, forward and backward, as two XLA FFI handlers for CPU
+// (model.kernel='cpu'; the Python side is normrnn/kernels/cpu_lstm.py, the maths and the saved
+// values are those of normrnn/kernels/fused_lstm.py, which this file follows line by line).
+//
+// Cooijmans et al. 2016, eqs. 6-8, gate order (g, f, i, o):
+//   (g, f, i, o) = N_h(W_h h_{t-1}) + N_x(W_x x_t) + b
+//   c_t = sigma(f) c_{t-1} + sigma(i) tanh(g),     h_t = sigma(o) tanh(N_c(c_t))
+// with N_x, N_h, N_c each one of: identity (+ optional shift), batch normalization with this
+// step's masked batch statistics (training) or given statistics (evaluation, and the backward's
+// recomputation), layer normalization. Padded steps (mask 0) hold the carry and output 0.
+//
+// Why C++: at the sMNIST shape (B=64, H=100, T=784) a step is a [64, 100] x [100, 400] matmul
+// and a few hundred thousand flops of elementwise work; XLA runs each step as dozens of small
+// kernels whose dispatch costs more than their arithmetic. Here a step is one BLAS call and
+// a handful of vectorized loops over data that stays in cache. Matmuls go to the OpenBLAS of
+// the scipy-openblas32 package; its sgemm/dgemm entry points are handed over once from Python
+// (normrnn_set_blas), so this library links against nothing but libc/libm.
+//
+// All arrays are row-major and time-major: sequences [T, B, F], per-step statistics [T, F].
+// An optional array is passed with zero elements when absent.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// CBLAS constants (the values every CBLAS uses) and the two entry points.
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
+                         int, float, float*, int);
+using DgemmFn = void (*)(int, int, int, int, int, int, double, const double*, int,
+                         const double*, int, double, double*, int);
+SgemmFn g_sgemm = nullptr;
+DgemmFn g_dgemm = nullptr;
+
+// C = alpha op(A) op(B) + beta C, row-major, op(X) = X or X^T; A is m x k after op, B k x n.
+inline void Gemm(bool ta, bool tb, int m, int n, int k, const float* a, const float* b,
+                 float beta, float* c) {
+  if (m == 0 || n == 0) return;
+  g_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, a,
+          ta ? m : k, b, tb ? k : n, beta, c, n);
+}
+inline void Gemm(bool ta, bool tb, int m, int n, int k, const double* a, const double* b,
+                 double beta, double* c) {
+  if (m == 0 || n == 0) return;
+  g_dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0, a,
+          ta ? m : k, b, tb ? k : n, beta, c, n);
+}
+
+enum Kind : int64_t { kIdentity = 0, kBatch = 1, kLayer = 2 };
+
+template <typename T>
+inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// ---------------------------------------------------------------------------------------------
+// Threads. Every row of the batch runs its own recurrence; rows only meet in the batch
+// statistics of BN sites. So each call splits the batch into contiguous blocks of rows, one per
+// thread, and the threads meet at a barrier only where a BN site combines its per-thread sums
+// (2 per BN site per step forward, 1 backward). BLAS runs single-threaded inside each thread.
+
+// A barrier for the `n` threads of one call: spins briefly (steps are microseconds apart), then
+// yields (more threads than free cores must still make progress).
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void Wait() {
+    if (n_ == 1) return;
+    const int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int spin = 0; gen_.load(std::memory_order_acquire) == gen; ++spin)
+      if (spin > 4000) std::this_thread::yield();
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> gen_{0};
+};
+
+// Persistent worker threads (created on first use, sleeping between calls).
+class Pool {
+ public:
+  static Pool& Get() {
+    static Pool* pool = new Pool();  // never destroyed: workers may outlive static teardown
+    return *pool;
+  }
+  // Runs fn(0..n-1), fn(0) on the calling thread; returns when all are done.
+  void Run(int n, const std::function<void(int)>& fn) {
+    if (n <= 1) {
+      fn(0);
+      return;
+    }
+    std::unique_lock<std::mutex> call(call_mu_);  // one call at a time
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (static_cast<int>(workers_.size()) < n - 1) {
+        const int id = static_cast<int>(workers_.size()) + 1;
+        workers_.emplace_back([this, id] { Work(id); });
+      }
+      fn_ = &fn;
+      active_ = n;
+      pending_ = n - 1;
+      ++job_;
+    }
+    wake_.notify_all();
+    fn(0);
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+  }
+
+ private:
+  void Work(int id) {
+    long seen = 0;
+    for (;;) {
+      const std::function<void(int)>* fn;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return job_ != seen; });
+        seen = job_;
+        if (id >= active_) continue;
+        fn = fn_;
+      }
+      (*fn)(id);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+  std::mutex call_mu_, mu_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int)>* fn_ = nullptr;
+  long job_ = 0;
+  int active_ = 0, pending_ = 0;
+};
+
+// The team of one call: its barrier and two sets (alternating) of per-thread partial sums, so
+// that a thread may start the next reduction while another still reads the previous one.
+template <typename T>
+struct Team {
+  Team(int n, int width) : n(n), bar(n) {
+    for (auto& b : buf) b.assign(long(n) * width, T(0));
+    this->width = width;
+  }
+  int n, width;
+  Barrier bar;
+  std::vector<T> buf[2];
+};
+
+// One thread's view: its rows [r0, r0 + rows) and its position in the alternation.
+template <typename T>
+struct Member {
+  Team<T>* team;
+  int tid, r0, rows, phase = 0;
+  T* Partial() { return team->buf[phase].data() + long(tid) * team->width; }
+  // After writing Partial(): waits for all, then sums the threads' partials (first `f` values)
+  // into out, in thread order (every thread gets the same bits).
+  void Reduce(int f, T* __restrict out) {
+    team->bar.Wait();
+    const T* all = team->buf[phase].data();
+    std::fill(out, out + f, T(0));
+    for (int k = 0; k < team->n; ++k)
+      for (int j = 0; j < f; ++j) out[j] += all[long(k) * team->width + j];
+    phase ^= 1;
+  }
+};
+
+// One normalization site: its kind, width and parameters, the statistics it normalizes with
+// (per step, [T, F]: evaluation, or the backward's recomputation), what it writes.
+template <typename T>
+struct Site {
+  Kind kind = kIdentity;
+  int f = 0;
+  T eps = T(0);
+  const T* gamma = nullptr;   // [F] or null (gain 1)
+  const T* beta = nullptr;    // [F] or null (no shift)
+  const T* mean = nullptr;    // [T, F] given statistics (null: batch statistics, training)
+  const T* r = nullptr;       // [T, F] 1 / sqrt(var + eps)
+  T* out_mean = nullptr;      // [T, F] this batch's moments (training forward; thread 0 writes)
+  T* out_var = nullptr;
+  const T* dmean = nullptr;   // [T, F] cotangents of the returned moments, or null
+  const T* dvar = nullptr;
+  T* dstat_mean = nullptr;    // [T, F] cotangents of the given statistics (evaluation), or null
+  T* dstat_r = nullptr;
+  bool has_gamma() const { return kind != kIdentity; }
+};
+
+// One thread's scratch for the sites and its accumulated parameter cotangents.
+template <typename T>
+struct Scratch {
+  std::vector<T> mean, r, s, zero;
+  std::vector<T> dgamma[3], dbeta[3];
+  explicit Scratch(int g, int h) : mean(g), r(g), s(2 * g), zero(g, T(0)) {
+    for (int k = 0; k < 3; ++k) {
+      dgamma[k].assign(k == 2 ? h : g, T(0));
+      dbeta[k].assign(k == 2 ? h : g, T(0));
+    }
+  }
+};
+
+// out = N(a) for step t on this thread's rows (`a`, `out`, `m` point at its first row). `n` =
+// max(valid rows of the whole batch, 1). BN in training without given statistics computes the
+// masked moments of the whole batch (two passes, as fused_lstm.py) and thread 0 writes them to
+// out_mean/out_var[t].
+template <typename T>
+void SiteForward(const Site<T>& s, Scratch<T>& w, Member<T>& me, int t, const T* __restrict a,
+                 const float* __restrict m, T n, T* __restrict out) {
+  const int f = s.f, b = me.rows;
+  const T* __restrict beta = s.beta ? s.beta : w.zero.data();
+  const T* __restrict gamma = s.gamma;
+  if (s.kind == kIdentity) {
+    for (int i = 0; i < b; ++i) {
+      const T* __restrict ai = a + long(i) * f;
+      T* __restrict oi = out + long(i) * f;
+      for (int j = 0; j < f; ++j) oi[j] = ai[j] + beta[j];
+    }
+    return;
+  }
+  if (s.kind == kBatch) {
+    T* __restrict mean = w.mean.data();
+    T* __restrict r = w.r.data();
+    if (s.mean == nullptr) {
+      T* __restrict part = me.Partial();
+      std::fill(part, part + f, T(0));
+      for (int i = 0; i < b; ++i) {
+        const T mi = m[i];
+        const T* __restrict ai = a + long(i) * f;
+        for (int j = 0; j < f; ++j) part[j] += mi * ai[j];
+      }
+      me.Reduce(f, mean);
+      for (int j = 0; j < f; ++j) mean[j] /= n;
+      part = me.Partial();
+      std::fill(part, part + f, T(0));
+      for (int i = 0; i < b; ++i) {
+        const T mi = m[i];
+        const T* __restrict ai = a + long(i) * f;
+        for (int j = 0; j < f; ++j) part[j] += mi * (ai[j] - mean[j]) * (ai[j] - mean[j]);
+      }
+      me.Reduce(f, r);
+      for (int j = 0; j < f; ++j) r[j] /= n;  // the variance, then r
+      if (me.tid == 0) {
+        std::copy(mean, mean + f, s.out_mean + long(t) * f);
+        std::copy(r, r + f, s.out_var + long(t) * f);
+      }
+      for (int j = 0; j < f; ++j) r[j] = T(1) / std::sqrt(r[j] + s.eps);
+    } else {
+      std::copy(s.mean + long(t) * f, s.mean + long(t + 1) * f, mean);
+      std::copy(s.r + long(t) * f, s.r + long(t + 1) * f, r);
+    }
+    for (int i = 0; i < b; ++i) {
+      const T* __restrict ai = a + long(i) * f;
+      T* __restrict oi = out + long(i) * f;
+      for (int j = 0; j < f; ++j) oi[j] = gamma[j] * (ai[j] - mean[j]) * r[j] + beta[j];
+    }
+    return;
+  }
+  // Layer norm: statistics of each row over its features.
+  for (int i = 0; i < b; ++i) {
+    const T* __restrict ai = a + long(i) * f;
+    T* __restrict oi = out + long(i) * f;
+    T mu = 0, var = 0;
+    for (int j = 0; j < f; ++j) mu += ai[j];
+    mu /= f;
+    for (int j = 0; j < f; ++j) var += (ai[j] - mu) * (ai[j] - mu);
+    const T ri = T(1) / std::sqrt(var / f + s.eps);
+    for (int j = 0; j < f; ++j) oi[j] = gamma[j] * (ai[j] - mu) * ri + beta[j];
+  }
+}
+
+// da = dL/da from dout = dL/d(out) for step t on this thread's rows (`a`: the site's input
+// again), accumulating the parameter cotangents of site `k` in the thread's scratch and writing
+// the statistics cotangents (evaluation, thread 0); the formulas of fused_lstm.py,
+// _site_backward. BN uses the step's given statistics (s.mean, s.r) and the whole batch's sums.
+template <typename T>
+void SiteBackward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, bool train,
+                  const T* __restrict a, const float* __restrict m, T n,
+                  const T* __restrict dout, T* __restrict da) {
+  const int f = s.f, b = me.rows;
+  T* __restrict dgamma = w.dgamma[k].data();
+  T* __restrict dbeta = w.dbeta[k].data();
+  if (s.kind == kIdentity) {
+    for (int i = 0; i < b; ++i) {
+      const T* __restrict di = dout + long(i) * f;
+      for (int j = 0; j < f; ++j) dbeta[j] += di[j];
+    }
+    std::copy(dout, dout + long(b) * f, da);
+    return;
+  }
+  const T* __restrict gamma = s.gamma;
+  if (s.kind == kLayer) {
+    for (int i = 0; i < b; ++i) {
+      const T* __restrict ai = a + long(i) * f;
+      const T* __restrict di = dout + long(i) * f;
+      T* __restrict dai = da + long(i) * f;
+      T mu = 0, var = 0;
+      for (int j = 0; j < f; ++j) mu += ai[j];
+      mu /= f;
+      for (int j = 0; j < f; ++j) var += (ai[j] - mu) * (ai[j] - mu);
+      const T ri = T(1) / std::sqrt(var / f + s.eps);
+      T mdy = 0, mdyy = 0;
+      for (int j = 0; j < f; ++j) {
+        const T y = (ai[j] - mu) * ri, dy = di[j] * gamma[j];
+        dbeta[j] += di[j];
+        dgamma[j] += di[j] * y;
+        mdy += dy;
+        mdyy += dy * y;
+      }
+      mdy /= f;
+      mdyy /= f;
+      for (int j = 0; j < f; ++j)
+        dai[j] = ri * (di[j] * gamma[j] - mdy - (ai[j] - mu) * ri * mdyy);
+    }
+    return;
+  }
+  // Batch norm: s1 = sum over the whole batch of dout, s2 = of dout * y.
+  const T* __restrict mean = s.mean + long(t) * f;
+  const T* __restrict r = s.r + long(t) * f;
+  T* __restrict part = me.Partial();
+  std::fill(part, part + 2 * f, T(0));
+  for (int i = 0; i < b; ++i) {
+    const T* __restrict ai = a + long(i) * f;
+    const T* __restrict di = dout + long(i) * f;
+    T* __restrict p2 = part + f;
+    for (int j = 0; j < f; ++j) {
+      part[j] += di[j];
+      p2[j] += di[j] * (ai[j] - mean[j]) * r[j];
+    }
+  }
+  T* __restrict s1 = w.s.data();
+  me.Reduce(2 * f, s1);
+  const T* __restrict s2 = s1 + f;
+  if (me.tid == 0)
+    for (int j = 0; j < f; ++j) {
+      dgamma[j] += s2[j];
+      dbeta[j] += s1[j];
+    }
+  if (!train) {  // given statistics: an affine map of a
+    if (s.dstat_mean && me.tid == 0)
+      for (int j = 0; j < f; ++j) {
+        s.dstat_mean[long(t) * f + j] = -gamma[j] * r[j] * s1[j];
+        s.dstat_r[long(t) * f + j] = gamma[j] * s2[j] / r[j];
+      }
+    for (int i = 0; i < b; ++i) {
+      const T* __restrict di = dout + long(i) * f;
+      T* __restrict dai = da + long(i) * f;
+      for (int j = 0; j < f; ++j) dai[j] = di[j] * gamma[j] * r[j];
+    }
+    return;
+  }
+  // The classic BN gradient, masked: every row's y depends on the valid rows' mean and r.
+  const T inv_n = T(1) / n;
+  const T* __restrict dmean = s.dmean ? s.dmean + long(t) * f : nullptr;
+  const T* __restrict dvar = s.dvar ? s.dvar + long(t) * f : nullptr;
+  for (int i = 0; i < b; ++i) {
+    const T mi = m[i] * inv_n;
+    const T* __restrict ai = a + long(i) * f;
+    const T* __restrict di = dout + long(i) * f;
+    T* __restrict dai = da + long(i) * f;
+    for (int j = 0; j < f; ++j) {
+      const T y = (ai[j] - mean[j]) * r[j];
+      dai[j] = r[j] * (di[j] * gamma[j] - mi * gamma[j] * (s1[j] + y * s2[j]));
+    }
+    if (dmean)
+      for (int j = 0; j < f; ++j) {
+        const T y = (ai[j] - mean[j]) * r[j];
+        dai[j] += mi * (dmean[j] + T(2) * y * dvar[j] / r[j]);
+      }
+  }
+}
+
+// Buffers as typed pointers; an array with zero elements is "absent" (nullptr).
+template <typename T>
+const T* In(const ffi::AnyBuffer& b) {
+  return b.element_count() ? static_cast<const T*>(b.untyped_data()) : nullptr;
+}
+template <typename T>
+T* Out(ffi::Result<ffi::AnyBuffer>& b) {
+  return b->element_count() ? static_cast<T*>(b->untyped_data()) : nullptr;
+}
+
+// The argument layout shared by both handlers (see cpu_lstm.py, which builds it):
+//   0 kernel_h [H, G]   1 kernel_x [D, G] (absent: input term hoisted)   2 bias [G]
+//   3-5 gamma of the input, recurrent, cell sites   6-8 their beta
+//   9 h0 [B, H]   10 c0 [B, H]   11 inputs [T, B, D] (or the normalized input term [T, B, G])
+//   12 mask [T, B] float32   13-15 per-step mean of the three sites [T, F]   16-18 their r
+struct Shape {
+  int t, b, h, g, d;
+  bool in_loop;
+};
+
+template <typename T>
+Shape SetSites(const ffi::RemainingArgs& args, const int64_t kinds[3], double eps,
+               Site<T> sites[3]) {
+  auto arg = [&](int i) { return args.get<ffi::AnyBuffer>(i).value(); };
+  Shape sh;
+  auto kh = arg(0).dimensions();
+  auto xs = arg(11).dimensions();
+  sh.h = static_cast<int>(kh[0]);
+  sh.g = static_cast<int>(kh[1]);
+  sh.t = static_cast<int>(xs[0]);
+  sh.b = static_cast<int>(xs[1]);
+  sh.d = static_cast<int>(xs[2]);
+  sh.in_loop = arg(1).element_count() > 0;
+  for (int k = 0; k < 3; ++k) {
+    Site<T>& s = sites[k];
+    s.kind = static_cast<Kind>(kinds[k]);
+    s.f = k == 2 ? sh.h : sh.g;
+    s.eps = static_cast<T>(eps);
+    s.gamma = In<T>(arg(3 + k));
+    s.beta = In<T>(arg(6 + k));
+    s.mean = In<T>(arg(13 + k));
+    s.r = In<T>(arg(16 + k));
+  }
+  return sh;
+}
+
+// The per-step elementwise part of the cell for one row: acts = (tanh g, sigma f, sigma i,
+// sigma o) of pre = xn + hn + bias, and c = sigma(f) c_prev + sigma(i) tanh(g). One call per row
+// (noinline): inlined into the loop over rows, GCC vectorizes across rows with gathers instead
+// of along the row.
+template <typename T>
+__attribute__((noinline)) void GateRow(int h, const T* __restrict x, const T* __restrict y,
+                                       const T* __restrict bias, const T* __restrict c_prev,
+                                       T* __restrict a, T* __restrict c) {
+  // Offsets as separate pointers: indexing a[h + j] made GCC emit gathers.
+  for (int j = 0; j < h; ++j) a[j] = std::tanh(x[j] + y[j] + bias[j]);
+  const T* __restrict x3 = x + h;
+  const T* __restrict y3 = y + h;
+  const T* __restrict b3 = bias + h;
+  T* __restrict a3 = a + h;
+  for (int j = 0; j < 3 * h; ++j) a3[j] = Sigmoid(x3[j] + y3[j] + b3[j]);
+  const T* __restrict f = a + h;
+  const T* __restrict in = a + 2 * h;
+  for (int j = 0; j < h; ++j) c[j] = f[j] * c_prev[j] + in[j] * a[j];
+}
+
+template <typename T>
+void Gates(int b, int h, const T* xn, const T* hn, const T* bias, const T* c_prev, T* acts,
+           T* c) {
+  const long g = 4 * h;
+  for (int i = 0; i < b; ++i)
+    GateRow(h, xn + i * g, hn + i * g, bias, c_prev + i * long(h), acts + i * g, c + i * long(h));
+}
+
+template <typename T>
+T Count(const float* mt, int b) {
+  T count = 0;
+  for (int i = 0; i < b; ++i) count += mt[i];
+  return std::max(count, T(1));
+}
+
+// Forward. Rets: 0 h_T [B, H]   1 c_T   2 ys [T, B, H]   3 h_{t-1} per step [T, B, H] (absent:
+// not saved)   4 c_{t-1} per step   5 W_h h_{t-1} per step [T, B, G] (absent: not saved)
+// 6-8 the three sites' batch means [T, F] (absent where not computed)   9-11 their variances.
+// The probe (arg 19, [T, B, H] or absent) is added to h_t.
+template <typename T>
+ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64_t kinds[3],
+                   double eps, int threads) {
+  auto arg = [&](int i) { return args.get<ffi::AnyBuffer>(i).value(); };
+  Site<T> sites[3];
+  const Shape sh = SetSites<T>(args, kinds, eps, sites);
+  const int B = sh.b, H = sh.h, G = sh.g, D = sh.d;
+  auto ret = [&](int i) { return rets.get<ffi::AnyBuffer>(i).value(); };
+  auto r_h = ret(0), r_c = ret(1), r_ys = ret(2), r_hp = ret(3), r_cp = ret(4), r_ah = ret(5);
+  T* hT = Out<T>(r_h);
+  T* cT = Out<T>(r_c);
+  T* ys = Out<T>(r_ys);
+  T* h_save = Out<T>(r_hp);
+  T* c_save = Out<T>(r_cp);
+  T* ah_save = Out<T>(r_ah);
+  for (int k = 0; k < 3; ++k) {
+    auto rm = ret(6 + k), rv = ret(9 + k);
+    sites[k].out_mean = Out<T>(rm);
+    sites[k].out_var = Out<T>(rv);
+  }
+  const T* kh = In<T>(arg(0));
+  const T* kx = In<T>(arg(1));
+  const T* bias = In<T>(arg(2));
+  const T* h0 = In<T>(arg(9));
+  const T* c0 = In<T>(arg(10));
+  const T* inputs = In<T>(arg(11));
+  const float* mask = In<float>(arg(12));
+  const T* probe = In<T>(arg(19));
+  const int nt = std::max(1, std::min(threads, B));
+  Team<T> team(nt, 2 * G);
+  Pool::Get().Run(nt, [&](int tid) {
+    Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
+    const int R = me.rows, r0 = me.r0;
+    Scratch<T> w(G, H);
+    std::vector<T> h(h0 + long(r0) * H, h0 + long(r0 + R) * H),
+        c(c0 + long(r0) * H, c0 + long(r0 + R) * H);
+    std::vector<T> ax(sh.in_loop ? R * G : 0), xn(sh.in_loop ? R * G : 0), ah(R * G),
+        hn(R * G), acts(R * G), cn(R * H), ch(R * H);
+    for (int t = 0; t < sh.t; ++t) {
+      const float* mt = mask + long(t) * B;
+      const T n = Count<T>(mt, B);
+      const float* mr = mt + r0;  // this thread's rows
+      const long row = long(t) * B + r0;
+      const T* xnt;
+      if (sh.in_loop) {
+        Gemm(false, false, R, G, D, inputs + row * D, kx, T(0), ax.data());
+        SiteForward(sites[0], w, me, t, ax.data(), mr, n, xn.data());
+        xnt = xn.data();
+      } else {
+        xnt = inputs + row * G;
+      }
+      if (h_save) {
+        std::copy(h.begin(), h.end(), h_save + row * H);
+        std::copy(c.begin(), c.end(), c_save + row * H);
+      }
+      T* aht = ah_save ? ah_save + row * G : ah.data();
+      Gemm(false, false, R, G, H, h.data(), kh, T(0), aht);
+      SiteForward(sites[1], w, me, t, aht, mr, n, hn.data());
+      Gates(R, H, xnt, hn.data(), bias, c.data(), acts.data(), cn.data());
+      SiteForward(sites[2], w, me, t, cn.data(), mr, n, ch.data());
+      for (int k = 0; k < R * H; ++k) ch[k] = std::tanh(ch[k]);
+      T* yt = ys + row * H;
+      for (int i = 0; i < R; ++i) {
+        if (!(mr[i] > 0)) {  // padded: hold the carry, output 0
+          std::fill(yt + long(i) * H, yt + long(i + 1) * H, T(0));
+          continue;
+        }
+        const T* __restrict o = acts.data() + long(i) * G + 3 * H;
+        const T* __restrict tau = ch.data() + long(i) * H;
+        const T mi = mr[i];
+        T* __restrict hi = h.data() + long(i) * H;
+        for (int j = 0; j < H; ++j) hi[j] = o[j] * tau[j];
+        if (probe)
+          for (int j = 0; j < H; ++j) hi[j] += probe[(row + i) * H + j];
+        T* __restrict yi = yt + long(i) * H;
+        for (int j = 0; j < H; ++j) yi[j] = hi[j] * mi;
+        std::copy(cn.data() + long(i) * H, cn.data() + long(i + 1) * H, c.data() + long(i) * H);
+      }
+    }
+    std::copy(h.begin(), h.end(), hT + long(r0) * H);
+    std::copy(c.begin(), c.end(), cT + long(r0) * H);
+  });
+  return ffi::Error::Success();
+}
+
+// Backward. Args after the shared 0-18: 19 h_{t-1} per step   20 c_{t-1} per step
+// 21 W_h h_{t-1} per step (absent: recomputed)   22 dL/dh_T   23 dL/dc_T   24 dL/dys (absent:
+// zero)   25-27 cotangents of the sites' returned means (absent: zero)   28-30 of the variances.
+// Rets: 0 dW_h   1 dW_x (absent when hoisted)   2 dbias   3-5 dgamma per site   6-8 dbeta
+// 9 dh0   10 dc0   11 d inputs (absent: not wanted)   12 d probe (absent: no probe)
+// 13-15 d mean statistics per site (absent: not wanted)   16-18 d r statistics.
+template <typename T>
+ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64_t kinds[3],
+                    double eps, bool train, int threads, int chunk) {
+  auto arg = [&](int i) { return args.get<ffi::AnyBuffer>(i).value(); };
+  Site<T> sites[3];
+  const Shape sh = SetSites<T>(args, kinds, eps, sites);
+  const int B = sh.b, H = sh.h, G = sh.g, D = sh.d;
+  auto ret = [&](int i) { return rets.get<ffi::AnyBuffer>(i).value(); };
+  auto r_dkh = ret(0), r_dkx = ret(1), r_db = ret(2), r_dh0 = ret(9), r_dc0 = ret(10),
+       r_dx = ret(11), r_dp = ret(12);
+  T* dkh_out = Out<T>(r_dkh);
+  T* dkx_out = Out<T>(r_dkx);
+  T* dbias_out = Out<T>(r_db);
+  T* dh0 = Out<T>(r_dh0);
+  T* dc0 = Out<T>(r_dc0);
+  T* dx = Out<T>(r_dx);
+  T* dprobe = Out<T>(r_dp);
+  T* dgamma_out[3];
+  T* dbeta_out[3];
+  for (int k = 0; k < 3; ++k) {
+    auto rg = ret(3 + k), rb = ret(6 + k), rsm = ret(13 + k), rsr = ret(16 + k);
+    Site<T>& s = sites[k];
+    dgamma_out[k] = Out<T>(rg);
+    dbeta_out[k] = Out<T>(rb);
+    s.dstat_mean = Out<T>(rsm);
+    s.dstat_r = Out<T>(rsr);
+    s.dmean = In<T>(arg(25 + k));
+    s.dvar = In<T>(arg(28 + k));
+  }
+  const T* kh = In<T>(arg(0));
+  const T* kx = In<T>(arg(1));
+  const T* bias = In<T>(arg(2));
+  const T* inputs = In<T>(arg(11));
+  const float* mask = In<float>(arg(12));
+  const T* h_prev = In<T>(arg(19));
+  const T* c_prev = In<T>(arg(20));
+  const T* ah_saved = In<T>(arg(21));
+  const T* dh_T = In<T>(arg(22));
+  const T* dc_T = In<T>(arg(23));
+  const T* dys = In<T>(arg(24));
+  const int nt = std::max(1, std::min(threads, B));
+  // dW_h (and dW_x) is accumulated once per chunk of K steps, as one [H, K*rows] x [K*rows, G]
+  // matmul over a cache-sized buffer of dL/d(W_h h_{t-1}) (fused_lstm.py, chunk_size).
+  const int K = std::max(1, chunk);
+  Team<T> team(nt, 2 * G);
+  // Each thread's parameter cotangents, summed in thread order at the end.
+  std::vector<std::vector<T>> dkh(nt), dkx(nt), dbias(nt);
+  std::vector<Scratch<T>> scratch(nt, Scratch<T>(G, H));
+  Pool::Get().Run(nt, [&](int tid) {
+    Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
+    const int R = me.rows, r0 = me.r0;
+    Scratch<T>& w = scratch[tid];
+    std::vector<T>& dW = dkh[tid];
+    std::vector<T>& dWx = dkx[tid];
+    std::vector<T>& db = dbias[tid];
+    dW.assign(long(H) * G, T(0));
+    dWx.assign(sh.in_loop ? long(D) * G : 0, T(0));
+    db.assign(G, T(0));
+    std::vector<T> dh(R * H, T(0)), dc(R * H, T(0));
+    if (dh_T) std::copy(dh_T + long(r0) * H, dh_T + long(r0 + R) * H, dh.begin());
+    if (dc_T) std::copy(dc_T + long(r0) * H, dc_T + long(r0 + R) * H, dc.begin());
+    // Per chunk of K steps: this thread's h_{t-1} rows (and inputs) gathered contiguously, and
+    // W_h h_{t-1} recomputed from them by one matmul (all are saved, so this need not wait for
+    // the recurrence) unless the forward saved it.
+    std::vector<T> hp_chunk(long(K) * R * H), x_chunk(sh.in_loop ? long(K) * R * D : 0),
+        ah(ah_saved ? 0 : long(K) * R * G), dah(long(K) * R * G),
+        dax(sh.in_loop ? long(K) * R * G : 0);
+    std::vector<T> ax(sh.in_loop ? R * G : 0), xn(sh.in_loop ? R * G : 0), hn(R * G),
+        acts(R * G), cn(R * H), ch(R * H), tau(R * H), dhn(R * H), dhh(R * H), dch(R * H),
+        dcc(R * H), dpre(R * G);
+    for (int t1 = sh.t; t1 > 0; t1 -= K) {
+      const int t0 = std::max(0, t1 - K);
+      for (int t = t0; t < t1; ++t) {
+        const long row = long(t) * B + r0;
+        std::copy(h_prev + row * H, h_prev + (row + R) * H, hp_chunk.data() + long(t - t0) * R * H);
+        if (sh.in_loop)
+          std::copy(inputs + row * D, inputs + (row + R) * D, x_chunk.data() + long(t - t0) * R * D);
+      }
+      if (!ah_saved)
+        Gemm(false, false, (t1 - t0) * R, G, H, hp_chunk.data(), kh, T(0), ah.data());
+      for (int t = t1 - 1; t >= t0; --t) {
+        const float* mt = mask + long(t) * B;
+        const T n = Count<T>(mt, B);
+        const float* mr = mt + r0;
+        const long row = long(t) * B + r0;
+        const T* cp = c_prev + row * H;
+        // The step's activations again, with the statistics the forward normalized with.
+        const T* xnt;
+        if (sh.in_loop) {
+          Gemm(false, false, R, G, D, x_chunk.data() + long(t - t0) * R * D, kx, T(0), ax.data());
+          SiteForward(sites[0], w, me, t, ax.data(), mr, n, xn.data());
+          xnt = xn.data();
+        } else {
+          xnt = inputs + row * G;
+        }
+        const T* aht = ah_saved ? ah_saved + row * G : ah.data() + long(t - t0) * R * G;
+        SiteForward(sites[1], w, me, t, aht, mr, n, hn.data());
+        Gates(R, H, xnt, hn.data(), bias, cp, acts.data(), cn.data());
+        SiteForward(sites[2], w, me, t, cn.data(), mr, n, ch.data());
+        // Back through the output and the hold of padded steps.
+        for (int k = 0; k < R * H; ++k) tau[k] = std::tanh(ch[k]);
+        if (dys)
+          for (int i = 0; i < R; ++i) {
+            const T mi = mr[i];
+            const T* __restrict dy = dys + (row + i) * H;
+            T* __restrict dhi = dh.data() + long(i) * H;
+            for (int j = 0; j < H; ++j) dhi[j] += dy[j] * mi;
+          }
+        for (int i = 0; i < R; ++i) {
+          const T keep = mr[i] > 0 ? T(1) : T(0);
+          const T* __restrict o = acts.data() + long(i) * G + 3 * H;
+          const T* __restrict dhi = dh.data() + long(i) * H;
+          const T* __restrict ti = tau.data() + long(i) * H;
+          T* __restrict dhni = dhn.data() + long(i) * H;
+          T* __restrict dhhi = dhh.data() + long(i) * H;
+          T* __restrict dchi = dch.data() + long(i) * H;
+          for (int j = 0; j < H; ++j) {
+            dhni[j] = keep * dhi[j];
+            dhhi[j] = (T(1) - keep) * dhi[j];
+            dchi[j] = dhni[j] * o[j] * (T(1) - ti[j] * ti[j]);
+          }
+        }
+        if (dprobe) std::copy(dhn.begin(), dhn.end(), dprobe + row * H);
+        SiteBackward(sites[2], 2, w, me, t, train, cn.data(), mr, n, dch.data(), dcc.data());
+        for (int i = 0; i < R; ++i) {
+          const T keep = mr[i] > 0 ? T(1) : T(0);
+          const T* __restrict a = acts.data() + long(i) * G;
+          const T* __restrict cpi = cp + long(i) * H;
+          const T* __restrict dcci = dcc.data() + long(i) * H;
+          const T* __restrict dhni = dhn.data() + long(i) * H;
+          const T* __restrict taui = tau.data() + long(i) * H;
+          T* __restrict dci = dc.data() + long(i) * H;
+          T* __restrict dp = dpre.data() + long(i) * G;
+          for (int j = 0; j < H; ++j) {
+            const T gg = a[j], f = a[H + j], in = a[2 * H + j], o = a[3 * H + j];
+            const T dct = keep * dci[j] + dcci[j];
+            dci[j] = dct * f + (T(1) - keep) * dci[j];
+            dp[j] = dct * in * (T(1) - gg * gg);
+            dp[H + j] = dct * cpi[j] * f * (T(1) - f);
+            dp[2 * H + j] = dct * gg * in * (T(1) - in);
+            dp[3 * H + j] = dhni[j] * taui[j] * o * (T(1) - o);
+          }
+          for (int j = 0; j < G; ++j) db[j] += dp[j];
+        }
+        T* daht = dah.data() + long(t - t0) * R * G;
+        SiteBackward(sites[1], 1, w, me, t, train, aht, mr, n, dpre.data(), daht);
+        Gemm(false, true, R, H, G, daht, kh, T(0), dh.data());
+        for (int k = 0; k < R * H; ++k) dh[k] += dhh[k];
+        if (sh.in_loop) {
+          T* daxt = dax.data() + long(t - t0) * R * G;
+          SiteBackward(sites[0], 0, w, me, t, train, ax.data(), mr, n, dpre.data(), daxt);
+          if (dx) Gemm(false, true, R, D, G, daxt, kx, T(0), dx + row * D);
+        } else if (dx) {
+          std::copy(dpre.begin(), dpre.end(), dx + row * G);
+        }
+      }
+      // What does not feed the recurrence, for the chunk's steps at once.
+      const int rows = (t1 - t0) * R;
+      Gemm(true, false, H, G, rows, hp_chunk.data(), dah.data(), T(1), dW.data());
+      if (sh.in_loop) Gemm(true, false, D, G, rows, x_chunk.data(), dax.data(), T(1), dWx.data());
+    }
+    std::copy(dh.begin(), dh.end(), dh0 + long(r0) * H);
+    std::copy(dc.begin(), dc.end(), dc0 + long(r0) * H);
+    // Sum the threads' cotangents in thread order (thread 0, after all are done).
+    team.bar.Wait();
+    if (tid != 0) return;
+    auto sum = [&](auto part, T* out, long size) {
+      if (out == nullptr) return;
+      std::fill(out, out + size, T(0));
+      for (int k = 0; k < nt; ++k) {
+        const T* p = part(k);
+        for (long j = 0; j < size; ++j) out[j] += p[j];
+      }
+    };
+    sum([&](int k) { return dkh[k].data(); }, dkh_out, long(H) * G);
+    if (sh.in_loop) sum([&](int k) { return dkx[k].data(); }, dkx_out, long(D) * G);
+    sum([&](int k) { return dbias[k].data(); }, dbias_out, G);
+    for (int s = 0; s < 3; ++s) {
+      sum([&](int k) { return scratch[k].dgamma[s].data(); }, dgamma_out[s], sites[s].f);
+      sum([&](int k) { return scratch[k].dbeta[s].data(); }, dbeta_out[s], sites[s].f);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
+                          int64_t kind_recurrent, int64_t kind_cell, double eps, int64_t threads,
+                          int64_t chunk) {
+  if (g_sgemm == nullptr) return ffi::Error::Internal("normrnn cpu kernel: BLAS not set");
+  const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
+  auto kh = args.get<ffi::AnyBuffer>(0);
+  if (!kh.has_value()) return ffi::Error::InvalidArgument("normrnn cpu kernel: no arguments");
+  switch (kh->element_type()) {
+    case ffi::DataType::F32: return Forward<float>(args, rets, kinds, eps, threads);
+    case ffi::DataType::F64: return Forward<double>(args, rets, kinds, eps, threads);
+    default: return ffi::Error::InvalidArgument("normrnn cpu kernel: float32 or float64 only");
+  }
+}
+
+ffi::Error BackwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
+                           int64_t kind_recurrent, int64_t kind_cell, double eps, int64_t threads,
+                           int64_t chunk, int64_t train) {
+  if (g_sgemm == nullptr) return ffi::Error::Internal("normrnn cpu kernel: BLAS not set");
+  const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
+  auto kh = args.get<ffi::AnyBuffer>(0);
+  if (!kh.has_value()) return ffi::Error::InvalidArgument("normrnn cpu kernel: no arguments");
+  switch (kh->element_type()) {
+    case ffi::DataType::F32: return Backward<float>(args, rets, kinds, eps, train != 0, threads, chunk);
+    case ffi::DataType::F64: return Backward<double>(args, rets, kinds, eps, train != 0, threads, chunk);
+    default: return ffi::Error::InvalidArgument("normrnn cpu kernel: float32 or float64 only");
+  }
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NormrnnLstmForward, ForwardHandler,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("kind_input")
+                                  .Attr<int64_t>("kind_recurrent")
+                                  .Attr<int64_t>("kind_cell")
+                                  .Attr<double>("eps")
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("chunk"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NormrnnLstmBackward, BackwardHandler,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("kind_input")
+                                  .Attr<int64_t>("kind_recurrent")
+                                  .Attr<int64_t>("kind_cell")
+                                  .Attr<double>("eps")
+                                  .Attr<int64_t>("threads")
+                                  .Attr<int64_t>("chunk")
+                                  .Attr<int64_t>("train"));
+
+// Called once from Python with the addresses of cblas_sgemm and cblas_dgemm (of a BLAS that
+// this library's own threads call concurrently, each single-threaded).
+extern "C" __attribute__((visibility("default"))) void normrnn_set_blas(void* sgemm,
+                                                                       void* dgemm) {
+  g_sgemm = reinterpret_cast<SgemmFn>(sgemm);
+  g_dgemm = reinterpret_cast<DgemmFn>(dgemm);
+}

@@ -1,0 +1,230 @@
+"""`cpu`: the fused kernel's two loops in C++ (model.kernel='cpu').
+
+The same `jax.custom_vjp` as `normrnn.kernels.fused_lstm` (same cell, same saved values, same
+backward formulas, same supported schemes: tests/test_cpu_kernel.py checks outputs, carries,
+moments and every gradient against the scan), but its forward loop and its backward loop each
+run as ONE call into a C++ function (normrnn/kernels/cpu_lstm.cc) through XLA's
+foreign-function interface (`jax.ffi`), instead of as an XLA while loop. A step is then one
+BLAS matmul (OpenBLAS from the `scipy-openblas32` package) and a few vectorized loops over
+cache-resident [B, 4H] blocks, with no per-op dispatch; the weight gradient dW_h is one BLAS
+matmul per chunk of steps. docs/benchmarks.md has the measurements.
+
+Build: `pip install -e .` compiles cpu_lstm.cc into normrnn/kernels/_cpu_lstm*.so (setup.py;
+the XLA FFI headers come from jaxlib, a C++17 compiler is needed). If the build fails the install
+still succeeds and this kernel refuses with the reason (`unavailable`); the scan and the fused
+kernel are unaffected. CPU backend only (on GPU the Pallas kernel is the counterpart), float32
+and float64.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = {'identity': 0, 'batch': 1, 'layer': 2}
+MIN_ROWS = 16
+SITES = ('input', 'recurrent', 'cell')
+_FORWARD, _BACKWARD = 'normrnn_lstm_forward', 'normrnn_lstm_backward'
+
+
+def library_path() -> Path | None:
+  """The compiled extension next to this file, if the install built it."""
+  here = Path(__file__).parent
+  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    path = here / f'_cpu_lstm{suffix}'
+    if path.exists():
+      return path
+  return None
+
+
+@functools.cache
+def _load() -> str | None:
+  """Loads the library, hands it OpenBLAS's gemm and registers the two FFI targets once.
+  None on success, else the reason it is unavailable."""
+  path = library_path()
+  if path is None:
+    return ('the C++ extension normrnn/kernels/_cpu_lstm was not built (reinstall with '
+            '`pip install -e .` and a C++17 compiler; the build log says why it failed)')
+  try:
+    blas = _openblas()
+  except ImportError:
+    return 'the package scipy-openblas32 (its BLAS) is not installed: pip install -r requirements.txt'
+  try:
+    lib = ctypes.CDLL(str(path))
+  except OSError as e:
+    return f'the C++ extension {path.name} does not load: {e}'
+  address = lambda name: ctypes.cast(getattr(blas, name), ctypes.c_void_p).value
+  lib.normrnn_set_blas.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+  lib.normrnn_set_blas(address('scipy_cblas_sgemm'), address('scipy_cblas_dgemm'))
+  # The kernel's own threads split the batch and call BLAS concurrently, each single-threaded
+  # (this OpenBLAS is scipy-openblas32's own copy, used by nothing else in the process).
+  blas.scipy_openblas_set_num_threads(1)
+  jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.NormrnnLstmForward), platform='cpu')
+  jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.NormrnnLstmBackward),
+                              platform='cpu')
+  return None
+
+
+# The x86 instruction sets OpenBLAS's SkylakeX kernels use (AVX-512 F, CD, BW, DQ, VL).
+AVX512 = ('avx512f', 'avx512cd', 'avx512bw', 'avx512dq', 'avx512vl')
+
+
+def _cpu_flags() -> set[str]:
+  try:
+    text = Path('/proc/cpuinfo').read_text()
+  except OSError:
+    return set()
+  line = next((l for l in text.splitlines() if l.startswith('flags')), '')
+  return set(line.split(':', 1)[-1].split())
+
+
+def _openblas():
+  """scipy-openblas32's library (ctypes). On a CPU with AVX-512 its AVX-512 ('SkylakeX')
+  kernels are selected: OpenBLAS's own detection picks its AVX2 ('Haswell') kernels on some
+  AVX-512 CPUs (this AMD EPYC among them), which run the kernel's small matmuls at half the speed
+  (docs/benchmarks.md). The choice is OpenBLAS's documented OPENBLAS_CORETYPE, read when the
+  library loads; set only around that import, and never over a value the user set."""
+  import sys  # pylint: disable=g-import-not-at-top
+  choose = ('scipy_openblas32' not in sys.modules and 'OPENBLAS_CORETYPE' not in os.environ
+            and set(AVX512) <= _cpu_flags())
+  if choose:
+    os.environ['OPENBLAS_CORETYPE'] = 'SkylakeX'
+  try:
+    import scipy_openblas32  # pylint: disable=g-import-not-at-top
+  finally:
+    if choose:
+      del os.environ['OPENBLAS_CORETYPE']
+  return scipy_openblas32.dll
+
+
+def blas_core() -> str:
+  """The kernel set OpenBLAS runs with (e.g. 'SkylakeX', 'Haswell'), for benchmark records."""
+  get = _openblas().scipy_openblas_get_corename
+  get.restype = ctypes.c_char_p
+  return get().decode()
+
+
+def unavailable() -> str | None:
+  """None if this kernel can run here, else one line saying why not."""
+  if jax.default_backend() != 'cpu':
+    return (f'the cpu kernel runs on the CPU backend only (this is {jax.default_backend()}; '
+            "model.kernel='pallas' is the GPU counterpart)")
+  return _load()
+
+
+def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
+             train: bool = True) -> str | None:
+  """The fused kernel's cells and schemes (the same maths), where the extension is built."""
+  from normrnn.kernels import fused_lstm  # pylint: disable=g-import-not-at-top
+  reason = fused_lstm.supports(cell, scheme, hoist_input=hoist_input, remat=remat,
+                               unroll=unroll, train=train)
+  if reason is not None:
+    return reason.replace('the fused kernel', 'the cpu kernel')
+  return unavailable()
+
+
+def _none(dtype):
+  return jnp.zeros((0,), dtype)
+
+
+def _common_args(plan, p, carry0, inputs, mask, stats):
+  """Arguments 0-18 of both C++ handlers (cpu_lstm.cc has the layout); absent = 0 elements."""
+  dtype = carry0[0].dtype
+  sites = p['sites']
+  site_p = lambda s, k: sites[s][k] if s in sites and k in sites[s] else _none(dtype)
+  stat = lambda s, k: stats[s][k] if s in stats else _none(dtype)
+  return ([p['kernel_h'], p.get('kernel_x', _none(dtype)), p['bias']]
+          + [site_p(s, 'gamma') for s in SITES] + [site_p(s, 'beta') for s in SITES]
+          + [carry0[0], carry0[1], inputs, mask.astype(jnp.float32)]
+          + [stat(s, 'mean') for s in SITES] + [stat(s, 'r') for s in SITES])
+
+
+def threads(batch: int) -> int:
+  """Threads of one call: NORMRNN_CPU_THREADS if set (at most one per row), else the CPUs this
+  process may run on, at most one per MIN_ROWS rows of the batch (smaller blocks make each
+  thread's matmuls too small to pay for the per-step meetings of BN sites)."""
+  env = os.environ.get('NORMRNN_CPU_THREADS', '')
+  if env.strip():
+    return max(1, min(int(env), batch))
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return max(1, min(cpus or 1, batch // MIN_ROWS))
+
+
+def _attrs(plan, batch):
+  kinds = dict(input=plan.input or 'identity', recurrent=plan.recurrent, cell=plan.cell)
+  return dict(kind_input=np.int64(KINDS[kinds['input']]),
+              kind_recurrent=np.int64(KINDS[kinds['recurrent']]),
+              kind_cell=np.int64(KINDS[kinds['cell']]), eps=np.float64(plan.eps),
+              threads=np.int64(threads(batch)), chunk=np.int64(plan.chunk))
+
+
+def _shape(shape, dtype, present=True):
+  return jax.ShapeDtypeStruct(shape if present else (0,), dtype)
+
+
+def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
+  """fused_lstm._forward's contract, computed by the C++ forward loop."""
+  h0 = carry0[0]
+  dtype, (length, batch), hidden = h0.dtype, mask.shape, h0.shape[-1]
+  gates = 4 * hidden
+  widths = dict(input=gates, recurrent=gates, cell=hidden)
+  computes = {s: plan.train and kind == 'batch' for s, kind in
+              dict(input=plan.input, recurrent=plan.recurrent, cell=plan.cell).items()}
+  seq = (length, batch, hidden)
+  outs = ([_shape((batch, hidden), dtype)] * 2 + [_shape(seq, dtype)]
+          + [_shape(seq, dtype, residuals)] * 2
+          + [_shape((length, batch, gates), dtype, residuals and save)]
+          + [_shape((length, widths[s]), dtype, computes[s]) for s in SITES] * 2)
+  args = _common_args(plan, p, carry0, inputs, mask, stats) + [
+      _none(dtype) if probe is None else probe]
+  out = jax.ffi.ffi_call(_FORWARD, outs)(*args, **_attrs(plan, batch))
+  h, c, ys, h_prev, c_prev, a_h = out[:6]
+  count = jnp.sum(mask.astype(dtype), axis=1)
+  moments = {s: dict(mean=out[6 + k], var=out[9 + k], count=count)
+             for k, s in enumerate(SITES) if computes[s]}
+  return ((h, c), ys, moments), (h_prev if residuals else None, c_prev if residuals else None,
+                                 a_h if residuals and save else None)
+
+
+def backward(plan, p, carry0, inputs, mask, stats, has_probe, h_prev, c_prev, a_h, dh_T, dc_T,
+             dys, dmom, want_inputs, want_stats):
+  """fused_lstm._fused_bwd's result (dp, (dh0, dc0), dinputs, None, dstats, dprobe) from the C++
+  backward loop. `stats`: what each BN site normalized with, {site: {'mean', 'r'}}; `dmom`: the
+  nonzero cotangents of the returned moments; None cotangents are zero."""
+  h0 = carry0[0]
+  dtype, (length, batch), hidden = h0.dtype, mask.shape, h0.shape[-1]
+  sites = p['sites']
+  absent = _none(dtype)
+  args = (_common_args(plan, p, carry0, inputs, mask, stats)
+          + [h_prev, c_prev, absent if a_h is None else a_h]
+          + [absent if v is None else v for v in (dh_T, dc_T, dys)]
+          + [dmom[s]['mean'] if s in dmom else absent for s in SITES]
+          + [dmom[s]['var'] if s in dmom else absent for s in SITES])
+  like = lambda a, present=True: _shape(a.shape, dtype, present)
+  site_like = lambda s, k: like(sites[s][k]) if s in sites and k in sites[s] else _shape((0,), dtype)
+  stat_like = lambda s, k: (like(stats[s][k]) if want_stats and s in stats
+                            else _shape((0,), dtype))
+  outs = ([like(p['kernel_h']), like(p['kernel_x']) if 'kernel_x' in p else _shape((0,), dtype),
+           like(p['bias'])]
+          + [site_like(s, 'gamma') for s in SITES] + [site_like(s, 'beta') for s in SITES]
+          + [like(h0), like(h0), like(inputs, want_inputs),
+             _shape((length, batch, hidden), dtype, has_probe)]
+          + [stat_like(s, 'mean') for s in SITES] + [stat_like(s, 'r') for s in SITES])
+  out = jax.ffi.ffi_call(_BACKWARD, outs)(*args, **_attrs(plan, batch),
+                                          train=np.int64(plan.train))
+  dp = dict(kernel_h=out[0], bias=out[2],
+            sites={s: {k: out[(3 if k == 'gamma' else 6) + SITES.index(s)] for k in v}
+                   for s, v in sites.items()})
+  if 'kernel_x' in p:
+    dp['kernel_x'] = out[1]
+  dstats = ({s: dict(mean=out[13 + SITES.index(s)], r=out[16 + SITES.index(s)]) for s in stats}
+            if want_stats else None)
+  return (dp, (out[9], out[10]), out[11] if want_inputs else None, None, dstats,
+          out[12] if has_probe else None)
+
