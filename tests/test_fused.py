@@ -115,14 +115,55 @@ def test_equals_scan(kernel, scheme, train, settings, monkeypatch):
 def test_cpu_kernel_threads(scheme, train, monkeypatch):
   """The C++ kernel with the batch of 4 split over 3 threads (rows 1 / 1 / 2): BN's batch sums
   meet across threads, each thread keeps its own parameter cotangents."""
-  if (why := cpu_lstm.unavailable()) and os.environ.get('CI') != 'true':
-    pytest.skip(why)
+  _needs_cpu_kernel()
   monkeypatch.setenv('NORMRNN_CPU_THREADS', '3')
   assert cpu_lstm.threads(4) == 3
   monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', 2)
   with jax.enable_x64(True):
     _assert_equal(_run(scheme, 'cpu', train=train, hoist_input=False, remat=True, probe=True,
                        use_moments=train and scheme == 'batch', length=7, t_max=7))
+
+
+def _needs_cpu_kernel():
+  if (why := cpu_lstm.unavailable()) and os.environ.get('CI') != 'true':
+    pytest.skip(why)
+
+
+@pytest.mark.parametrize('train, settings', [
+    # In the step, remat; then reverse, probe, moment cotangents, 2-step chunks, unsaved W_h h.
+    (True, dict(hoist_input=False, remat=True)),
+    (True, dict(hoist_input=False, remat=False, reverse=True, probe=True, use_moments=True,
+                length=7, t_max=7, max_chunk=2)),
+    (False, dict(hoist_input=False, remat=True, probe=True)),
+    # The input site hoisted (cumulative sums before the loop, autodiff there).
+    (True, dict(hoist_input=True, remat=True, use_moments=True)),
+])
+def test_cpu_kernel_streaming(train, settings, monkeypatch):
+  """Streaming normalization (only the C++ loops run it): the per-sequence running sums carried
+  through the loop and their gradients back through time, the long-term table's gradient (the
+  loss is differentiated w.r.t. the tables too), the final sums in the carry."""
+  _needs_cpu_kernel()
+  settings = dict(settings)
+  monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', settings.pop('max_chunk', fused_lstm.MAX_CHUNK))
+  monkeypatch.setenv('NORMRNN_CPU_THREADS', '3')
+  with jax.enable_x64(True):
+    _assert_equal(_run('streaming', 'cpu', train=train, **settings))
+
+
+def test_cpu_kernel_streaming_chunked_evaluation():
+  """A long sequence evaluated in chunks continues the running sums from the carry."""
+  _needs_cpu_kernel()
+  x, mask = helpers.data(length=9, lengths=[9, 4, 7, 9])
+  layer = _layer('streaming', 'cpu', train=False, t_max=4, hoist_input=False)
+  variables = layer.init(jax.random.PRNGKey(0), x, mask)
+  whole = _layer('streaming', 'scan', train=False, t_max=4, hoist_input=False).apply(
+      variables, x, mask)
+  first, carry = layer.apply(variables, x[:, :5], mask[:, :5])
+  second, carry = layer.apply(variables, x[:, 5:], mask[:, 5:], initial_carry=carry,
+                              position_offset=5)
+  np.testing.assert_allclose(np.concatenate([first, second], 1), whole[0], rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(whole[1]), jax.tree.leaves(carry)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('kernel', KERNELS)
@@ -181,6 +222,9 @@ def test_cpu_kernel_refusals(monkeypatch):
   its extension cannot run it refuses every scheme with the reason, and the config check names
   it."""
   settings = dict(hoist_input=False, remat=True, unroll=1, train=True)
+  native = [n for n, s in NORMS.items()
+            if fused_lstm.supports('lstm', s, native=True, **settings) is None]
+  assert native == ['none', 'batch', 'batch_input', 'sequence', 'layer', 'weight', 'streaming']
   assert 'cpu kernel has no written-out backward for Cosine' in cpu_lstm.supports(
       'lstm', NORMS['cosine'], **settings)
   assert 'cpu kernel implements the LSTM cell only' in cpu_lstm.supports(

@@ -60,7 +60,7 @@ inline void Gemm(bool ta, bool tb, int m, int n, int k, const double* a, const d
           ta ? m : k, b, tb ? k : n, beta, c, n);
 }
 
-enum Kind : int64_t { kIdentity = 0, kBatch = 1, kLayer = 2 };
+enum Kind : int64_t { kIdentity = 0, kBatch = 1, kLayer = 2, kStreaming = 3 };
 
 template <typename T>
 inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
@@ -198,14 +198,33 @@ struct Site {
   const T* dvar = nullptr;
   T* dstat_mean = nullptr;    // [T, F] cotangents of the given statistics (evaluation), or null
   T* dstat_r = nullptr;
-  bool has_gamma() const { return kind != kIdentity; }
+  // Streaming normalization (normrnn/norms/streaming.py): `mean` and `r` hold the long-term
+  // table (mu_L, var_L) [F], the same at every step and in both modes; `dstat_mean`/`dstat_r`
+  // their cotangents [F]. The per-sequence running sums (n [B], s1, s2 [B, F]) are carried:
+  const T* state0[3] = {nullptr, nullptr, nullptr};  // initial n, s1, s2
+  T* state_out[3] = {nullptr, nullptr, nullptr};     // final n, s1, s2
+  T* state_save[3] = {nullptr, nullptr, nullptr};    // forward: the sums entering each step
+  const T* state_saved[3] = {nullptr, nullptr, nullptr};  // backward: the same, to read
+  const T* dstate_out[3] = {nullptr, nullptr, nullptr};   // backward: d final sums (n: unused)
+  T* dstate0[3] = {nullptr, nullptr, nullptr};       // backward: d initial sums (n: zero)
+  const T* batch_mean = nullptr;  // backward: this batch's mean per step [T, F] (moments' term)
+  T lam = T(0);                   // weight of the short-term statistics
 };
 
 // One thread's scratch for the sites and its accumulated parameter cotangents.
+// A streaming site's per-thread state: the running sums of this thread's rows (in the backward:
+// as after step t, recomputed from the saved ones), their carried cotangents, and the long-term
+// table's cotangents.
+template <typename T>
+struct Stream {
+  std::vector<T> n, s1, s2, ds1, ds2, dmu_l, dvar_l;
+};
+
 template <typename T>
 struct Scratch {
   std::vector<T> mean, r, s, zero;
   std::vector<T> dgamma[3], dbeta[3];
+  Stream<T> stream[3];
   explicit Scratch(int g, int h) : mean(g), r(g), s(2 * g), zero(g, T(0)) {
     for (int k = 0; k < 3; ++k) {
       dgamma[k].assign(k == 2 ? h : g, T(0));
@@ -214,14 +233,158 @@ struct Scratch {
   }
 };
 
+// This batch's masked moments of `a` at step t (BN's, and streaming's training moments): the
+// whole batch's mean and (two-pass) variance into mean, var [F].
+template <typename T>
+void BatchMoments(Member<T>& me, int f, const T* __restrict a, const float* __restrict m, T n,
+                  T* __restrict mean, T* __restrict var) {
+  const int b = me.rows;
+  T* __restrict part = me.Partial();
+  std::fill(part, part + f, T(0));
+  for (int i = 0; i < b; ++i) {
+    const T mi = m[i];
+    const T* __restrict ai = a + long(i) * f;
+    for (int j = 0; j < f; ++j) part[j] += mi * ai[j];
+  }
+  me.Reduce(f, mean);
+  for (int j = 0; j < f; ++j) mean[j] /= n;
+  part = me.Partial();
+  std::fill(part, part + f, T(0));
+  for (int i = 0; i < b; ++i) {
+    const T mi = m[i];
+    const T* __restrict ai = a + long(i) * f;
+    for (int j = 0; j < f; ++j) part[j] += mi * (ai[j] - mean[j]) * (ai[j] - mean[j]);
+  }
+  me.Reduce(f, var);
+  for (int j = 0; j < f; ++j) var[j] /= n;
+}
+
+// Streaming: the normalizer of row i, feature j from its running sums after this step.
+template <typename T>
+struct StreamStats {
+  T mu, second, diff, r;
+};
+template <typename T>
+inline StreamStats<T> StreamAt(T lam, T n, T s1, T s2, T mu_l, T var_l, T eps) {
+  const T safe = std::max(n, T(1));
+  StreamStats<T> z;
+  z.mu = lam * s1 / safe + (T(1) - lam) * mu_l;
+  z.second = lam * s2 / safe + (T(1) - lam) * (var_l + mu_l * mu_l);
+  z.diff = z.second - z.mu * z.mu;
+  z.r = T(1) / std::sqrt(std::max(z.diff, T(0)) + eps);
+  return z;
+}
+
+// Streaming forward on this thread's rows: training moments (thread 0 writes them), the sums
+// entering the step saved (forward) or read back (backward), the sums advanced, the output.
+template <typename T>
+void StreamForward(const Site<T>& s, Stream<T>& st, Scratch<T>& w, Member<T>& me, int t,
+                   int batch, const T* __restrict a, const float* __restrict m, T n,
+                   T* __restrict out) {
+  const int f = s.f, b = me.rows;
+  if (s.out_mean) {
+    BatchMoments(me, f, a, m, n, w.mean.data(), w.r.data());
+    if (me.tid == 0) {
+      std::copy(w.mean.data(), w.mean.data() + f, s.out_mean + long(t) * f);
+      std::copy(w.r.data(), w.r.data() + f, s.out_var + long(t) * f);
+    }
+  }
+  const long row = long(t) * batch + me.r0;
+  if (s.state_saved[0]) {  // backward: the sums entering step t
+    std::copy(s.state_saved[0] + row, s.state_saved[0] + row + b, st.n.begin());
+    std::copy(s.state_saved[1] + row * f, s.state_saved[1] + (row + b) * f, st.s1.begin());
+    std::copy(s.state_saved[2] + row * f, s.state_saved[2] + (row + b) * f, st.s2.begin());
+  } else if (s.state_save[0]) {
+    std::copy(st.n.begin(), st.n.end(), s.state_save[0] + row);
+    std::copy(st.s1.begin(), st.s1.end(), s.state_save[1] + row * f);
+    std::copy(st.s2.begin(), st.s2.end(), s.state_save[2] + row * f);
+  }
+  const T* __restrict beta = s.beta ? s.beta : w.zero.data();
+  const T* __restrict mu_l = s.mean;
+  const T* __restrict var_l = s.r;
+  for (int i = 0; i < b; ++i) {
+    const T mi = m[i];
+    st.n[i] += mi;
+    const T ni = st.n[i];
+    const T* __restrict ai = a + long(i) * f;
+    T* __restrict s1 = st.s1.data() + long(i) * f;
+    T* __restrict s2 = st.s2.data() + long(i) * f;
+    T* __restrict oi = out + long(i) * f;
+    for (int j = 0; j < f; ++j) {
+      s1[j] += ai[j] * mi;
+      s2[j] += ai[j] * ai[j] * mi;
+      const StreamStats<T> z = StreamAt(s.lam, ni, s1[j], s2[j], mu_l[j], var_l[j], s.eps);
+      oi[j] = s.gamma[j] * (ai[j] - z.mu) * z.r + beta[j];
+    }
+  }
+}
+
+// Streaming backward on this thread's rows (after StreamForward recomputed step t): the
+// gradient through the normalizer, the running sums (their cotangents are carried back through
+// time: s_t = s_{t-1} + a_t m_t) and, in training, this batch's returned moments.
+template <typename T>
+void StreamBackward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, int t, bool train,
+                    int b, const T* __restrict a, const float* __restrict m, T n,
+                    const T* __restrict dout, T* __restrict da) {
+  const int f = s.f;
+  const T lam = s.lam;
+  const T* __restrict mu_l = s.mean;
+  const T* __restrict var_l = s.r;
+  T* __restrict dgamma = w.dgamma[k].data();
+  T* __restrict dbeta = w.dbeta[k].data();
+  T* __restrict dmu_l = st.dmu_l.data();
+  T* __restrict dvar_l = st.dvar_l.data();
+  for (int i = 0; i < b; ++i) {
+    const T mi = m[i];
+    const T safe = std::max(st.n[i], T(1));
+    const T* __restrict ai = a + long(i) * f;
+    const T* __restrict di = dout + long(i) * f;
+    const T* __restrict s1 = st.s1.data() + long(i) * f;
+    const T* __restrict s2 = st.s2.data() + long(i) * f;
+    T* __restrict ds1 = st.ds1.data() + long(i) * f;
+    T* __restrict ds2 = st.ds2.data() + long(i) * f;
+    T* __restrict dai = da + long(i) * f;
+    for (int j = 0; j < f; ++j) {
+      const StreamStats<T> z = StreamAt(lam, st.n[i], s1[j], s2[j], mu_l[j], var_l[j], s.eps);
+      const T g = s.gamma[j], dy = di[j], centered = ai[j] - z.mu;
+      dgamma[j] += dy * centered * z.r;
+      dbeta[j] += dy;
+      const T dvar = T(-0.5) * g * centered * dy * z.r * z.r * z.r;
+      const T dsecond = z.diff > T(0) ? dvar : T(0);
+      const T dmu = -g * z.r * dy - T(2) * z.mu * dsecond;
+      dmu_l[j] += (T(1) - lam) * (dmu + T(2) * mu_l[j] * dsecond);
+      dvar_l[j] += (T(1) - lam) * dsecond;
+      ds1[j] += lam * dmu / safe;
+      ds2[j] += lam * dsecond / safe;
+      dai[j] = g * z.r * dy + mi * (ds1[j] + T(2) * ai[j] * ds2[j]);
+    }
+  }
+  if (train && s.dmean) {  // the returned batch moments (mean, two-pass variance)
+    const T inv_n = T(1) / n;
+    const T* __restrict bmean = s.batch_mean + long(t) * f;
+    const T* __restrict dmean = s.dmean + long(t) * f;
+    const T* __restrict dvar = s.dvar + long(t) * f;
+    for (int i = 0; i < b; ++i) {
+      const T mi = m[i] * inv_n;
+      const T* __restrict ai = a + long(i) * f;
+      T* __restrict dai = da + long(i) * f;
+      for (int j = 0; j < f; ++j) dai[j] += mi * (dmean[j] + T(2) * (ai[j] - bmean[j]) * dvar[j]);
+    }
+  }
+}
+
 // out = N(a) for step t on this thread's rows (`a`, `out`, `m` point at its first row). `n` =
 // max(valid rows of the whole batch, 1). BN in training without given statistics computes the
 // masked moments of the whole batch (two passes, as fused_lstm.py) and thread 0 writes them to
 // out_mean/out_var[t].
 template <typename T>
-void SiteForward(const Site<T>& s, Scratch<T>& w, Member<T>& me, int t, const T* __restrict a,
-                 const float* __restrict m, T n, T* __restrict out) {
+void SiteForward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, int batch,
+                 const T* __restrict a, const float* __restrict m, T n, T* __restrict out) {
   const int f = s.f, b = me.rows;
+  if (s.kind == kStreaming) {
+    StreamForward(s, w.stream[k], w, me, t, batch, a, m, n, out);
+    return;
+  }
   const T* __restrict beta = s.beta ? s.beta : w.zero.data();
   const T* __restrict gamma = s.gamma;
   if (s.kind == kIdentity) {
@@ -236,24 +399,7 @@ void SiteForward(const Site<T>& s, Scratch<T>& w, Member<T>& me, int t, const T*
     T* __restrict mean = w.mean.data();
     T* __restrict r = w.r.data();
     if (s.mean == nullptr) {
-      T* __restrict part = me.Partial();
-      std::fill(part, part + f, T(0));
-      for (int i = 0; i < b; ++i) {
-        const T mi = m[i];
-        const T* __restrict ai = a + long(i) * f;
-        for (int j = 0; j < f; ++j) part[j] += mi * ai[j];
-      }
-      me.Reduce(f, mean);
-      for (int j = 0; j < f; ++j) mean[j] /= n;
-      part = me.Partial();
-      std::fill(part, part + f, T(0));
-      for (int i = 0; i < b; ++i) {
-        const T mi = m[i];
-        const T* __restrict ai = a + long(i) * f;
-        for (int j = 0; j < f; ++j) part[j] += mi * (ai[j] - mean[j]) * (ai[j] - mean[j]);
-      }
-      me.Reduce(f, r);
-      for (int j = 0; j < f; ++j) r[j] /= n;  // the variance, then r
+      BatchMoments(me, f, a, m, n, mean, r);  // r: the variance, then r
       if (me.tid == 0) {
         std::copy(mean, mean + f, s.out_mean + long(t) * f);
         std::copy(r, r + f, s.out_var + long(t) * f);
@@ -292,6 +438,10 @@ void SiteBackward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, 
                   const T* __restrict a, const float* __restrict m, T n,
                   const T* __restrict dout, T* __restrict da) {
   const int f = s.f, b = me.rows;
+  if (s.kind == kStreaming) {
+    StreamBackward(s, k, w.stream[k], w, t, train, b, a, m, n, dout, da);
+    return;
+  }
   T* __restrict dgamma = w.dgamma[k].data();
   T* __restrict dbeta = w.dbeta[k].data();
   if (s.kind == kIdentity) {
@@ -465,13 +615,16 @@ T Count(const float* mt, int b) {
   return std::max(count, T(1));
 }
 
-// Forward. Rets: 0 h_T [B, H]   1 c_T   2 ys [T, B, H]   3 h_{t-1} per step [T, B, H] (absent:
+// Forward. Args after the shared 0-18: 19 the probe [T, B, H] (absent: none), added to h_t;
+// 20-28 for each site k (streaming only, else absent) its initial sums n [B], s1, s2 [B, F] at
+// 20 + 3k.. Rets: 0 h_T [B, H]   1 c_T   2 ys [T, B, H]   3 h_{t-1} per step [T, B, H] (absent:
 // not saved)   4 c_{t-1} per step   5 W_h h_{t-1} per step [T, B, G] (absent: not saved)
-// 6-8 the three sites' batch means [T, F] (absent where not computed)   9-11 their variances.
-// The probe (arg 19, [T, B, H] or absent) is added to h_t.
+// 6-8 the three sites' batch means [T, F] (absent where not computed)   9-11 their variances
+// 12-29 for each streaming site k at 12 + 6k: its final n, s1, s2, then the n, s1, s2 entering
+// every step ([T, B], [T, B, F]; absent: not saved).
 template <typename T>
 ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64_t kinds[3],
-                   double eps, int threads) {
+                   double eps, double lam, int threads) {
   auto arg = [&](int i) { return args.get<ffi::AnyBuffer>(i).value(); };
   Site<T> sites[3];
   const Shape sh = SetSites<T>(args, kinds, eps, sites);
@@ -486,8 +639,17 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
   T* ah_save = Out<T>(r_ah);
   for (int k = 0; k < 3; ++k) {
     auto rm = ret(6 + k), rv = ret(9 + k);
-    sites[k].out_mean = Out<T>(rm);
-    sites[k].out_var = Out<T>(rv);
+    Site<T>& s = sites[k];
+    s.out_mean = Out<T>(rm);
+    s.out_var = Out<T>(rv);
+    s.lam = static_cast<T>(lam);
+    if (s.kind != kStreaming) continue;
+    for (int q = 0; q < 3; ++q) {  // n, s1, s2
+      s.state0[q] = In<T>(arg(20 + 3 * k + q));
+      auto out = ret(12 + 6 * k + q), save = ret(15 + 6 * k + q);
+      s.state_out[q] = Out<T>(out);
+      s.state_save[q] = Out<T>(save);
+    }
   }
   const T* kh = In<T>(arg(0));
   const T* kx = In<T>(arg(1));
@@ -503,6 +665,14 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
     Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
     const int R = me.rows, r0 = me.r0;
     Scratch<T> w(G, H);
+    for (int k = 0; k < 3; ++k) {  // streaming sites: this thread's rows of the initial sums
+      const Site<T>& s = sites[k];
+      if (s.kind != kStreaming) continue;
+      Stream<T>& st = w.stream[k];
+      st.n.assign(s.state0[0] + r0, s.state0[0] + r0 + R);
+      st.s1.assign(s.state0[1] + long(r0) * s.f, s.state0[1] + long(r0 + R) * s.f);
+      st.s2.assign(s.state0[2] + long(r0) * s.f, s.state0[2] + long(r0 + R) * s.f);
+    }
     std::vector<T> h(h0 + long(r0) * H, h0 + long(r0 + R) * H),
         c(c0 + long(r0) * H, c0 + long(r0 + R) * H);
     std::vector<T> ax(sh.in_loop ? R * G : 0), xn(sh.in_loop ? R * G : 0), ah(R * G),
@@ -515,7 +685,7 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
       const T* xnt;
       if (sh.in_loop) {
         Gemm(false, false, R, G, D, inputs + row * D, kx, T(0), ax.data());
-        SiteForward(sites[0], w, me, t, ax.data(), mr, n, xn.data());
+        SiteForward(sites[0], 0, w, me, t, B, ax.data(), mr, n, xn.data());
         xnt = xn.data();
       } else {
         xnt = inputs + row * G;
@@ -526,9 +696,9 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
       }
       T* aht = ah_save ? ah_save + row * G : ah.data();
       Gemm(false, false, R, G, H, h.data(), kh, T(0), aht);
-      SiteForward(sites[1], w, me, t, aht, mr, n, hn.data());
+      SiteForward(sites[1], 1, w, me, t, B, aht, mr, n, hn.data());
       Gates(R, H, xnt, hn.data(), bias, c.data(), acts.data(), cn.data());
-      SiteForward(sites[2], w, me, t, cn.data(), mr, n, ch.data());
+      SiteForward(sites[2], 2, w, me, t, B, cn.data(), mr, n, ch.data());
       for (int k = 0; k < R * H; ++k) ch[k] = std::tanh(ch[k]);
       T* yt = ys + row * H;
       for (int i = 0; i < R; ++i) {
@@ -550,19 +720,31 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
     }
     std::copy(h.begin(), h.end(), hT + long(r0) * H);
     std::copy(c.begin(), c.end(), cT + long(r0) * H);
+    for (int k = 0; k < 3; ++k) {
+      const Site<T>& s = sites[k];
+      if (s.kind != kStreaming) continue;
+      const Stream<T>& st = w.stream[k];
+      std::copy(st.n.begin(), st.n.end(), s.state_out[0] + r0);
+      std::copy(st.s1.begin(), st.s1.end(), s.state_out[1] + long(r0) * s.f);
+      std::copy(st.s2.begin(), st.s2.end(), s.state_out[2] + long(r0) * s.f);
+    }
   });
   return ffi::Error::Success();
 }
 
 // Backward. Args after the shared 0-18: 19 h_{t-1} per step   20 c_{t-1} per step
 // 21 W_h h_{t-1} per step (absent: recomputed)   22 dL/dh_T   23 dL/dc_T   24 dL/dys (absent:
-// zero)   25-27 cotangents of the sites' returned means (absent: zero)   28-30 of the variances.
+// zero)   25-27 cotangents of the sites' returned means (absent: zero)   28-30 of the variances
+// 31-45 for each streaming site k at 31 + 5k: the saved n, s1, s2 entering every step, then
+// dL/d(final s1), dL/d(final s2) (absent: zero)   46-48 per site this batch's means [T, F]
+// (streaming in training with moment cotangents, else absent).
 // Rets: 0 dW_h   1 dW_x (absent when hoisted)   2 dbias   3-5 dgamma per site   6-8 dbeta
 // 9 dh0   10 dc0   11 d inputs (absent: not wanted)   12 d probe (absent: no probe)
-// 13-15 d mean statistics per site (absent: not wanted)   16-18 d r statistics.
+// 13-15 d mean statistics per site (absent: not wanted)   16-18 d r statistics (streaming:
+// d mu_L, d var_L [F])   19-24 for each streaming site k at 19 + 2k: dL/d(initial s1, s2).
 template <typename T>
 ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64_t kinds[3],
-                    double eps, bool train, int threads, int chunk) {
+                    double eps, double lam, bool train, int threads, int chunk) {
   auto arg = [&](int i) { return args.get<ffi::AnyBuffer>(i).value(); };
   Site<T> sites[3];
   const Shape sh = SetSites<T>(args, kinds, eps, sites);
@@ -588,6 +770,15 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     s.dstat_r = Out<T>(rsr);
     s.dmean = In<T>(arg(25 + k));
     s.dvar = In<T>(arg(28 + k));
+    s.lam = static_cast<T>(lam);
+    if (s.kind != kStreaming) continue;
+    for (int q = 0; q < 3; ++q) s.state_saved[q] = In<T>(arg(31 + 5 * k + q));
+    s.dstate_out[1] = In<T>(arg(34 + 5 * k));
+    s.dstate_out[2] = In<T>(arg(35 + 5 * k));
+    s.batch_mean = In<T>(arg(46 + k));
+    auto d1 = ret(19 + 2 * k), d2 = ret(20 + 2 * k);
+    s.dstate0[1] = Out<T>(d1);
+    s.dstate0[2] = Out<T>(d2);
   }
   const T* kh = In<T>(arg(0));
   const T* kx = In<T>(arg(1));
@@ -612,6 +803,21 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
     const int R = me.rows, r0 = me.r0;
     Scratch<T>& w = scratch[tid];
+    for (int k = 0; k < 3; ++k) {  // streaming sites: sums and carried cotangents of the rows
+      const Site<T>& s = sites[k];
+      if (s.kind != kStreaming) continue;
+      Stream<T>& st = w.stream[k];
+      const long lo = long(r0) * s.f, hi = long(r0 + R) * s.f;
+      st.n.assign(R, T(0));
+      st.s1.assign(hi - lo, T(0));
+      st.s2.assign(hi - lo, T(0));
+      st.ds1.assign(hi - lo, T(0));
+      st.ds2.assign(hi - lo, T(0));
+      if (s.dstate_out[1]) std::copy(s.dstate_out[1] + lo, s.dstate_out[1] + hi, st.ds1.begin());
+      if (s.dstate_out[2]) std::copy(s.dstate_out[2] + lo, s.dstate_out[2] + hi, st.ds2.begin());
+      st.dmu_l.assign(s.f, T(0));
+      st.dvar_l.assign(s.f, T(0));
+    }
     std::vector<T>& dW = dkh[tid];
     std::vector<T>& dWx = dkx[tid];
     std::vector<T>& db = dbias[tid];
@@ -650,15 +856,15 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         const T* xnt;
         if (sh.in_loop) {
           Gemm(false, false, R, G, D, x_chunk.data() + long(t - t0) * R * D, kx, T(0), ax.data());
-          SiteForward(sites[0], w, me, t, ax.data(), mr, n, xn.data());
+          SiteForward(sites[0], 0, w, me, t, B, ax.data(), mr, n, xn.data());
           xnt = xn.data();
         } else {
           xnt = inputs + row * G;
         }
         const T* aht = ah_saved ? ah_saved + row * G : ah.data() + long(t - t0) * R * G;
-        SiteForward(sites[1], w, me, t, aht, mr, n, hn.data());
+        SiteForward(sites[1], 1, w, me, t, B, aht, mr, n, hn.data());
         Gates(R, H, xnt, hn.data(), bias, cp, acts.data(), cn.data());
-        SiteForward(sites[2], w, me, t, cn.data(), mr, n, ch.data());
+        SiteForward(sites[2], 2, w, me, t, B, cn.data(), mr, n, ch.data());
         // Back through the output and the hold of padded steps.
         for (int k = 0; k < R * H; ++k) tau[k] = std::tanh(ch[k]);
         if (dys)
@@ -723,6 +929,13 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     }
     std::copy(dh.begin(), dh.end(), dh0 + long(r0) * H);
     std::copy(dc.begin(), dc.end(), dc0 + long(r0) * H);
+    for (int k = 0; k < 3; ++k) {
+      const Site<T>& s = sites[k];
+      if (s.kind != kStreaming) continue;
+      const Stream<T>& st = w.stream[k];
+      std::copy(st.ds1.begin(), st.ds1.end(), s.dstate0[1] + long(r0) * s.f);
+      std::copy(st.ds2.begin(), st.ds2.end(), s.dstate0[2] + long(r0) * s.f);
+    }
     // Sum the threads' cotangents in thread order (thread 0, after all are done).
     team.bar.Wait();
     if (tid != 0) return;
@@ -740,35 +953,41 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     for (int s = 0; s < 3; ++s) {
       sum([&](int k) { return scratch[k].dgamma[s].data(); }, dgamma_out[s], sites[s].f);
       sum([&](int k) { return scratch[k].dbeta[s].data(); }, dbeta_out[s], sites[s].f);
+      if (sites[s].kind == kStreaming) {
+        sum([&](int k) { return scratch[k].stream[s].dmu_l.data(); }, sites[s].dstat_mean,
+            sites[s].f);
+        sum([&](int k) { return scratch[k].stream[s].dvar_l.data(); }, sites[s].dstat_r,
+            sites[s].f);
+      }
     }
   });
   return ffi::Error::Success();
 }
 
 ffi::Error ForwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
-                          int64_t kind_recurrent, int64_t kind_cell, double eps, int64_t threads,
-                          int64_t chunk) {
+                          int64_t kind_recurrent, int64_t kind_cell, double eps, double lam,
+                          int64_t threads, int64_t chunk) {
   if (g_sgemm == nullptr) return ffi::Error::Internal("normrnn cpu kernel: BLAS not set");
   const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
   auto kh = args.get<ffi::AnyBuffer>(0);
   if (!kh.has_value()) return ffi::Error::InvalidArgument("normrnn cpu kernel: no arguments");
   switch (kh->element_type()) {
-    case ffi::DataType::F32: return Forward<float>(args, rets, kinds, eps, threads);
-    case ffi::DataType::F64: return Forward<double>(args, rets, kinds, eps, threads);
+    case ffi::DataType::F32: return Forward<float>(args, rets, kinds, eps, lam, threads);
+    case ffi::DataType::F64: return Forward<double>(args, rets, kinds, eps, lam, threads);
     default: return ffi::Error::InvalidArgument("normrnn cpu kernel: float32 or float64 only");
   }
 }
 
 ffi::Error BackwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
-                           int64_t kind_recurrent, int64_t kind_cell, double eps, int64_t threads,
-                           int64_t chunk, int64_t train) {
+                           int64_t kind_recurrent, int64_t kind_cell, double eps, double lam,
+                           int64_t threads, int64_t chunk, int64_t train) {
   if (g_sgemm == nullptr) return ffi::Error::Internal("normrnn cpu kernel: BLAS not set");
   const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
   auto kh = args.get<ffi::AnyBuffer>(0);
   if (!kh.has_value()) return ffi::Error::InvalidArgument("normrnn cpu kernel: no arguments");
   switch (kh->element_type()) {
-    case ffi::DataType::F32: return Backward<float>(args, rets, kinds, eps, train != 0, threads, chunk);
-    case ffi::DataType::F64: return Backward<double>(args, rets, kinds, eps, train != 0, threads, chunk);
+    case ffi::DataType::F32: return Backward<float>(args, rets, kinds, eps, lam, train != 0, threads, chunk);
+    case ffi::DataType::F64: return Backward<double>(args, rets, kinds, eps, lam, train != 0, threads, chunk);
     default: return ffi::Error::InvalidArgument("normrnn cpu kernel: float32 or float64 only");
   }
 }
@@ -783,6 +1002,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NormrnnLstmForward, ForwardHandler,
                                   .Attr<int64_t>("kind_recurrent")
                                   .Attr<int64_t>("kind_cell")
                                   .Attr<double>("eps")
+                                  .Attr<double>("lam")
                                   .Attr<int64_t>("threads")
                                   .Attr<int64_t>("chunk"));
 
@@ -794,6 +1014,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NormrnnLstmBackward, BackwardHandler,
                                   .Attr<int64_t>("kind_recurrent")
                                   .Attr<int64_t>("kind_cell")
                                   .Attr<double>("eps")
+                                  .Attr<double>("lam")
                                   .Attr<int64_t>("threads")
                                   .Attr<int64_t>("chunk")
                                   .Attr<int64_t>("train"));

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = {'identity': 0, 'batch': 1, 'layer': 2}
+KINDS = {'identity': 0, 'batch': 1, 'layer': 2, 'streaming': 3}  # cpu_lstm.cc's Kind
 MIN_ROWS = 16
 SITES = ('input', 'recurrent', 'cell')
 _FORWARD, _BACKWARD = 'normrnn_lstm_forward', 'normrnn_lstm_backward'
@@ -120,10 +120,11 @@ def unavailable() -> str | None:
 
 def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
              train: bool = True) -> str | None:
-  """The fused kernel's cells and schemes (the same maths), where the extension is built."""
+  """The fused kernel's cells and schemes (the same maths) and streaming sites, where the
+  extension is built."""
   from normrnn.kernels import fused_lstm  # pylint: disable=g-import-not-at-top
   reason = fused_lstm.supports(cell, scheme, hoist_input=hoist_input, remat=remat,
-                               unroll=unroll, train=train)
+                               unroll=unroll, train=train, native=True)
   if reason is not None:
     return reason.replace('the fused kernel', 'the cpu kernel')
   return unavailable()
@@ -134,15 +135,23 @@ def _none(dtype):
 
 
 def _common_args(plan, p, carry0, inputs, mask, stats):
-  """Arguments 0-18 of both C++ handlers (cpu_lstm.cc has the layout); absent = 0 elements."""
+  """Arguments 0-18 of both C++ handlers (cpu_lstm.cc has the layout); absent = 0 elements.
+  Statistics per site: BN's per-step (mean, r) [T, F]; streaming's long-term table (mean, var)
+  [F] in the same two slots."""
   dtype = carry0[0].dtype
   sites = p['sites']
   site_p = lambda s, k: sites[s][k] if s in sites and k in sites[s] else _none(dtype)
   stat = lambda s, k: stats[s][k] if s in stats else _none(dtype)
+  second = lambda s: stat(s, 'var' if plan.kind(s) == 'streaming' else 'r')
   return ([p['kernel_h'], p.get('kernel_x', _none(dtype)), p['bias']]
           + [site_p(s, 'gamma') for s in SITES] + [site_p(s, 'beta') for s in SITES]
           + [carry0[0], carry0[1], inputs, mask.astype(jnp.float32)]
-          + [stat(s, 'mean') for s in SITES] + [stat(s, 'r') for s in SITES])
+          + [stat(s, 'mean') for s in SITES] + [second(s) for s in SITES])
+
+
+def _present(plan, site):
+  """Whether `site` is computed in the loop (the input site may be hoisted: plan.input None)."""
+  return site != 'input' or plan.input is not None
 
 
 def threads(batch: int) -> int:
@@ -161,7 +170,8 @@ def _attrs(plan, batch):
   return dict(kind_input=np.int64(KINDS[kinds['input']]),
               kind_recurrent=np.int64(KINDS[kinds['recurrent']]),
               kind_cell=np.int64(KINDS[kinds['cell']]), eps=np.float64(plan.eps),
-              threads=np.int64(threads(batch)), chunk=np.int64(plan.chunk))
+              lam=np.float64(plan.lam), threads=np.int64(threads(batch)),
+              chunk=np.int64(plan.chunk))
 
 
 def _shape(shape, dtype, present=True):
@@ -169,35 +179,53 @@ def _shape(shape, dtype, present=True):
 
 
 def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
-  """fused_lstm._forward's contract, computed by the C++ forward loop."""
-  h0 = carry0[0]
+  """fused_lstm._forward's contract, computed by the C++ forward loop: ((h_T, c_T, the streaming
+  sites' final sums), ys, moments), residuals (h_{t-1}, c_{t-1}, W_h h_{t-1} or None, the
+  streaming sites' sums entering every step)."""
+  h0, norm0 = carry0[0], carry0[2]
   dtype, (length, batch), hidden = h0.dtype, mask.shape, h0.shape[-1]
-  gates = 4 * hidden
-  widths = dict(input=gates, recurrent=gates, cell=hidden)
-  computes = {s: plan.train and kind == 'batch' for s, kind in
-              dict(input=plan.input, recurrent=plan.recurrent, cell=plan.cell).items()}
+  widths = dict(input=4 * hidden, recurrent=4 * hidden, cell=hidden)
+  streaming = [s for s in SITES if s in norm0]
+  computes = {s: plan.train and _present(plan, s) and plan.kind(s) in ('batch', 'streaming')
+              for s in SITES}
   seq = (length, batch, hidden)
   outs = ([_shape((batch, hidden), dtype)] * 2 + [_shape(seq, dtype)]
           + [_shape(seq, dtype, residuals)] * 2
-          + [_shape((length, batch, gates), dtype, residuals and save)]
+          + [_shape((length, batch, 4 * hidden), dtype, residuals and save)]
           + [_shape((length, widths[s]), dtype, computes[s]) for s in SITES] * 2)
   args = _common_args(plan, p, carry0, inputs, mask, stats) + [
       _none(dtype) if probe is None else probe]
+  for s in SITES:  # streaming sites: final sums, and the sums entering each step (n, s1, s2)
+    on = s in streaming
+    args += ([norm0[s]['n'][:, 0], norm0[s]['s1'], norm0[s]['s2']] if on
+             else [_none(dtype)] * 3)
+    outs += ([_shape((batch,), dtype, on)] + [_shape((batch, widths[s]), dtype, on)] * 2
+             + [_shape((length, batch), dtype, on and residuals)]
+             + [_shape((length, batch, widths[s]), dtype, on and residuals)] * 2)
   out = jax.ffi.ffi_call(_FORWARD, outs)(*args, **_attrs(plan, batch))
   h, c, ys, h_prev, c_prev, a_h = out[:6]
   count = jnp.sum(mask.astype(dtype), axis=1)
   moments = {s: dict(mean=out[6 + k], var=out[9 + k], count=count)
              for k, s in enumerate(SITES) if computes[s]}
-  return ((h, c), ys, moments), (h_prev if residuals else None, c_prev if residuals else None,
-                                 a_h if residuals and save else None)
+  at = lambda s, q: out[12 + 6 * SITES.index(s) + q]
+  norm = {s: dict(n=at(s, 0)[:, None], s1=at(s, 1), s2=at(s, 2)) for s in streaming}
+  saved = {s: (at(s, 3), at(s, 4), at(s, 5)) for s in streaming}
+  return ((h, c, norm), ys, moments), (h_prev if residuals else None,
+                                       c_prev if residuals else None,
+                                       a_h if residuals and save else None,
+                                       saved if residuals else None)
 
 
-def backward(plan, p, carry0, inputs, mask, stats, has_probe, h_prev, c_prev, a_h, dh_T, dc_T,
+def backward(plan, p, carry0, inputs, mask, stats, given, has_probe, residuals, moments, dcarry,
              dys, dmom, want_inputs, want_stats):
-  """fused_lstm._fused_bwd's result (dp, (dh0, dc0), dinputs, None, dstats, dprobe) from the C++
-  backward loop. `stats`: what each BN site normalized with, {site: {'mean', 'r'}}; `dmom`: the
-  nonzero cotangents of the returned moments; None cotangents are zero."""
-  h0 = carry0[0]
+  """fused_lstm._fused_bwd's result (dp, (dh0, dc0, dnorm0), dinputs, None, dstats, dprobe) from
+  the C++ backward loop. `stats`: what each site normalized with (BN: {'mean', 'r'} per step,
+  streaming: the long-term {'mean', 'var'}); `given`: the statistics argument of the forward
+  (the structure of dstats); `dcarry`: cotangents of the final (h, c, streaming sums) and `dmom`
+  the nonzero ones of the returned moments; None cotangents are zero."""
+  h0, norm0 = carry0[0], carry0[2]
+  h_prev, c_prev, a_h, saved = residuals
+  dh_T, dc_T, dnorm_T = dcarry
   dtype, (length, batch), hidden = h0.dtype, mask.shape, h0.shape[-1]
   sites = p['sites']
   absent = _none(dtype)
@@ -206,16 +234,24 @@ def backward(plan, p, carry0, inputs, mask, stats, has_probe, h_prev, c_prev, a_
           + [absent if v is None else v for v in (dh_T, dc_T, dys)]
           + [dmom[s]['mean'] if s in dmom else absent for s in SITES]
           + [dmom[s]['var'] if s in dmom else absent for s in SITES])
+  for s in SITES:  # streaming: saved sums, cotangents of the final sums (n has none)
+    d = (dnorm_T or {}).get(s) or {}
+    args += (list(saved[s]) if s in norm0 else [absent] * 3) + [
+        absent if d.get(k) is None else d[k] for k in ('s1', 's2')]
+  args += [moments[s]['mean'] if s in norm0 and s in dmom else absent for s in SITES]
   like = lambda a, present=True: _shape(a.shape, dtype, present)
   site_like = lambda s, k: like(sites[s][k]) if s in sites and k in sites[s] else _shape((0,), dtype)
-  stat_like = lambda s, k: (like(stats[s][k]) if want_stats and s in stats
-                            else _shape((0,), dtype))
+  stat_like = lambda s, k: like(given[s][k]) if want_stats and s in given else _shape((0,), dtype)
+  second = lambda s: 'var' if plan.kind(s) == 'streaming' else 'r'
   outs = ([like(p['kernel_h']), like(p['kernel_x']) if 'kernel_x' in p else _shape((0,), dtype),
            like(p['bias'])]
           + [site_like(s, 'gamma') for s in SITES] + [site_like(s, 'beta') for s in SITES]
           + [like(h0), like(h0), like(inputs, want_inputs),
              _shape((length, batch, hidden), dtype, has_probe)]
-          + [stat_like(s, 'mean') for s in SITES] + [stat_like(s, 'r') for s in SITES])
+          + [stat_like(s, 'mean') for s in SITES] + [stat_like(s, second(s)) for s in SITES])
+  for s in SITES:
+    outs += [like(norm0[s]['s1'], s in norm0), like(norm0[s]['s2'], s in norm0)] if s in norm0 \
+        else [_shape((0,), dtype)] * 2
   out = jax.ffi.ffi_call(_BACKWARD, outs)(*args, **_attrs(plan, batch),
                                           train=np.int64(plan.train))
   dp = dict(kernel_h=out[0], bias=out[2],
@@ -223,8 +259,9 @@ def backward(plan, p, carry0, inputs, mask, stats, has_probe, h_prev, c_prev, a_
                    for s, v in sites.items()})
   if 'kernel_x' in p:
     dp['kernel_x'] = out[1]
-  dstats = ({s: dict(mean=out[13 + SITES.index(s)], r=out[16 + SITES.index(s)]) for s in stats}
-            if want_stats else None)
-  return (dp, (out[9], out[10]), out[11] if want_inputs else None, None, dstats,
+  dstats = ({s: {'mean': out[13 + SITES.index(s)], second(s): out[16 + SITES.index(s)]}
+             for s in given} if want_stats else None)
+  dnorm0 = {s: dict(n=jnp.zeros_like(norm0[s]['n']), s1=out[19 + 2 * SITES.index(s)],
+                    s2=out[20 + 2 * SITES.index(s)]) for s in norm0}
+  return (dp, (out[9], out[10], dnorm0), out[11] if want_inputs else None, None, dstats,
           out[12] if has_probe else None)
-

@@ -54,18 +54,22 @@ from jax.custom_derivatives import SymbolicZero
 
 from normrnn import cells
 from normrnn.kernels import cpu_lstm
-from normrnn.norms import batch, layer, none
+from normrnn.norms import batch, layer, none, streaming
 
 # The in-loop site modules this kernel has written out, by exact class (a subclass may change the
 # maths).
 SITE_KINDS = {none.Identity: 'identity', batch.BatchStep: 'batch', layer.LayerNorm: 'layer'}
+# The C++ loops (kernel 'cpu') also carry streaming normalization's per-sequence running sums.
+NATIVE_SITE_KINDS = {**SITE_KINDS, streaming.Streaming: 'streaming'}
 LOOP_SITES = ('input', 'recurrent', 'cell')
 
 
 def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
-             train: bool = True) -> str | None:
-  """None if this kernel runs `cell` with `scheme`, else the reason it does not."""
+             train: bool = True, native: bool = False) -> str | None:
+  """None if this kernel runs `cell` with `scheme`, else the reason it does not (`native`: the
+  C++ loops, which also run streaming sites)."""
   del remat, unroll, train  # all settings supported
+  kinds = NATIVE_SITE_KINDS if native else SITE_KINDS
   if cell != 'lstm':
     return f'the fused kernel implements the LSTM cell only, not {cell!r}'
   hoisted = hoist_input or scheme.input.needs_whole_sequence
@@ -73,7 +77,7 @@ def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
     if site == 'input' and hoisted:
       continue  # computed before the loop by the cell (autodiff there)
     cls = getattr(scheme, site)
-    if cls not in SITE_KINDS:
+    if cls not in kinds:
       return (f'the fused kernel has no written-out backward for {cls.__name__} at the {site} '
               f'site (scheme {scheme.name!r})')
   return None
@@ -105,6 +109,10 @@ class Plan:
   unroll: int
   chunk: int
   native: bool = False  # the loops in C++ (kernel 'cpu', normrnn/kernels/cpu_lstm.py)
+  lam: float = 0.0      # streaming_mix of streaming sites (C++ only)
+
+  def kind(self, site: str) -> str | None:
+    return dict(input=self.input, recurrent=self.recurrent, cell=self.cell)[site]
 
 
 def run(cell, carry0, xs, consts, *, unroll: int, remat: bool, native: bool = False):
@@ -115,10 +123,12 @@ def run(cell, carry0, xs, consts, *, unroll: int, remat: bool, native: bool = Fa
   'count'}} of the in-loop sites))."""
   scheme = cell.scheme
   in_loop = cells.input_in_loop(cell)
-  plan = Plan(input=SITE_KINDS[scheme.input] if in_loop else None,
-              recurrent=SITE_KINDS[scheme.recurrent], cell=SITE_KINDS[scheme.cell],
+  kinds = NATIVE_SITE_KINDS if native else SITE_KINDS
+  plan = Plan(input=kinds[scheme.input] if in_loop else None,
+              recurrent=kinds[scheme.recurrent], cell=kinds[scheme.cell],
               train=cell.train, eps=cell.options.eps, remat=remat, unroll=unroll,
-              chunk=chunk_size(*xs['mask'].shape, 4 * cell.hidden), native=native)
+              chunk=chunk_size(*xs['mask'].shape, 4 * cell.hidden), native=native,
+              lam=float(getattr(cell.options, 'streaming_mix', 0.0)))
   params = cell.variables['params']
   sites = ('input',) * in_loop + ('recurrent', 'cell')  # the hoisted input site's parameters
   p = dict(kernel_h=consts['cell']['kernel_h'], bias=params['bias'],  # get autodiff there
@@ -128,9 +138,13 @@ def run(cell, carry0, xs, consts, *, unroll: int, remat: bool, native: bool = Fa
   # Population statistics (evaluation) as (mean, 1 / sqrt(var + eps)) for all steps at once.
   stats = {} if plan.train else {s: dict(mean=v['mean'], r=lax.rsqrt(v['var'] + plan.eps))
                                  for s, v in xs['stats'].items() if s in sites}
-  (h, c), ys, moments = _fused(plan, p, (carry0['h'], carry0['c']), xs['inputs'], xs['mask'],
-                               stats, xs.get('probe'))
-  return dict(carry0, h=h, c=c), (ys, moments)
+  # Streaming sites (C++ only): the long-term table (both modes) and the running sums, carried.
+  streaming = [s for s in sites if plan.kind(s) == 'streaming']
+  stats.update({s: dict(consts['shared_stats'][s]) for s in streaming})
+  norm0 = {s: carry0['norm'][s] for s in streaming}
+  (h, c, norm), ys, moments = _fused(plan, p, (carry0['h'], carry0['c'], norm0), xs['inputs'],
+                                     xs['mask'], stats, xs.get('probe'))
+  return dict(carry0, h=h, c=c, norm={**carry0['norm'], **norm}), (ys, moments)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,8 +290,9 @@ def _fused(plan, p, carry0, inputs, mask, stats, probe):
 
 
 def _forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals=True):
-  """-> ((final (h, c), ys, moments), (h_{t-1}, c_{t-1} for every step, residual stacks or
-  None)). The carries are saved as they enter each step: the backward reads them there.
+  """-> ((final (h, c, norm), ys, moments), (h_{t-1}, c_{t-1} for every step, W_h h_{t-1} or
+  None, the C++ loop's further residuals or None)). The carries are saved as they enter each
+  step: the backward reads them there. `carry0` = (h_0, c_0, the streaming sites' sums: {} here).
   `save`: save W_h h_{t-1} too; `residuals=False` (the primal call): nothing is saved (unused
   outputs of the XLA loop are dropped by the compiler; the C++ loop is told)."""
   if plan.native:
@@ -304,12 +319,12 @@ def _forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals=Tru
 
   count = jnp.sum(mask.astype(carry0[0].dtype), axis=1)  # valid rows per step
   xs = dict(inputs=inputs, mask=mask, n=jnp.maximum(count, 1.0), stats=stats, probe=probe)
-  carry, seq = lax.scan(chunk, carry0, _chunks(xs, plan.chunk))
+  carry, seq = lax.scan(chunk, carry0[:2], _chunks(xs, plan.chunk))
   seq = _unchunk(seq, mask.shape[0])
   hs = jnp.concatenate([seq['h_prev'][1:], carry[0][None]])  # h_t
   ys = hs * mask[..., None].astype(hs.dtype)
   moments = {k: dict(m, count=count) for k, m in seq['moments'].items()}
-  return (carry, ys, moments), (seq['h_prev'], seq['c_prev'], seq['a_h'])
+  return (carry + ({},), ys, moments), (seq['h_prev'], seq['c_prev'], seq['a_h'], None)
 
 
 def _value(v):
@@ -321,11 +336,9 @@ def _fused_fwd(plan, p, carry0, inputs, mask, stats, probe):
       v.perturbed for v in jax.tree.leaves(stats, is_leaf=lambda v: hasattr(v, 'perturbed'))))
   p, carry0, inputs, mask, stats, probe = jax.tree.map(
       _value, (p, carry0, inputs, mask, stats, probe), is_leaf=lambda v: hasattr(v, 'perturbed'))
-  out, (h_prev, c_prev, a_h) = _forward(plan, p, carry0, inputs, mask, stats, probe,
-                                        save=not plan.remat)
+  out, residuals = _forward(plan, p, carry0, inputs, mask, stats, probe, save=not plan.remat)
   moments = out[2]
-  return out, (p, carry0, inputs, mask, stats, probe is not None, h_prev, c_prev, a_h, moments,
-               perturbed)
+  return out, (p, carry0, inputs, mask, stats, probe is not None, residuals, moments, perturbed)
 
 
 def _zero(ct):
@@ -333,8 +346,10 @@ def _zero(ct):
 
 
 def _fused_bwd(plan, saved, cts):
-  p, (h0, c0), inputs, mask, stats, has_probe, h_prev, c_prev, a_h, moments, perturbed = saved
-  (dh_T, dc_T), dys, dmoments = cts
+  p, carry0, inputs, mask, stats, has_probe, residuals, moments, perturbed = saved
+  h0, c0 = carry0[:2]
+  h_prev, c_prev, a_h, extra = residuals
+  (dh_T, dc_T, dnorm_T), dys, dmoments = cts
   dtype, length = h0.dtype, mask.shape[0]
   counts = jnp.sum(mask.astype(dtype), axis=1)
   dmom = {}
@@ -342,17 +357,20 @@ def _fused_bwd(plan, saved, cts):
     if not (_zero(d['mean']) and _zero(d['var'])):
       dmom[s] = {k: (jnp.zeros_like(moments[s][k]) if _zero(d[k]) else d[k])
                  for k in ('mean', 'var')}
-  # The statistics the sites normalized with: population tables (evaluation) or this batch's
+  given = stats
+  # The statistics the BN sites normalized with: population tables (evaluation) or this batch's
   # moments, with r = 1 / sqrt(var + eps) for all steps at once.
   if plan.train:
-    stats = {s: dict(mean=m['mean'], r=lax.rsqrt(m['var'] + plan.eps))
-             for s, m in moments.items()}
+    stats = {**stats, **{s: dict(mean=m['mean'], r=lax.rsqrt(m['var'] + plan.eps))
+                         for s, m in moments.items() if plan.kind(s) == 'batch'}}
   if plan.native:
-    return cpu_lstm.backward(plan, p, (h0, c0), inputs, mask, stats, has_probe, h_prev, c_prev,
-                             a_h, None if _zero(dh_T) else dh_T, None if _zero(dc_T) else dc_T,
-                             None if _zero(dys) else dys, dmom,
-                             want_inputs=plan.input is None or perturbed['inputs'],
-                             want_stats=perturbed['stats'] and not plan.train)
+    zero_or = lambda ct: None if _zero(ct) else ct
+    return cpu_lstm.backward(
+        plan, p, carry0, inputs, mask, stats, given, has_probe, residuals, moments,
+        (zero_or(dh_T), zero_or(dc_T), jax.tree.map(zero_or, dnorm_T,
+                                                    is_leaf=lambda v: v is None or _zero(v))),
+        zero_or(dys), dmom, want_inputs=plan.input is None or perturbed['inputs'],
+        want_stats=perturbed['stats'])
   xs = dict(mask=mask, h_prev=h_prev, c_prev=c_prev, a_h=a_h, n=jnp.maximum(counts, 1.0),
             dy=None if _zero(dys) else dys, dmom=dmom, inputs=inputs, stats=stats)
   site_bwd = functools.partial(_site_backward, train=plan.train)
@@ -420,7 +438,7 @@ def _fused_bwd(plan, saved, cts):
   ((dh0, dc0), dp), out = lax.scan(chunk, (carry, acc), _chunks(xs, plan.chunk), reverse=True)
   out = _unchunk(out, length)
   dstats = out['dstats'] if perturbed['stats'] else None
-  return (dp, (dh0, dc0), out['dinputs'], None, dstats, out['dprobe'])
+  return (dp, (dh0, dc0, {}), out['dinputs'], None, dstats, out['dprobe'])
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd, symbolic_zeros=True)
