@@ -178,6 +178,37 @@ def test_digits_task():
   assert 'NOT MNIST' in task.describe()['label']
 
 
+def test_digits_equal_sklearn_load_digits():
+  """normrnn.data.digits reads scikit-learn's bundled CSV itself (importing sklearn costs seconds
+  in every training process): the same images and labels, in the same order, as
+  sklearn.datasets.load_digits, the same version string, and sklearn left unimported."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import sklearn  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from normrnn.data import digits  # pylint: disable=g-import-not-at-top
+  bunch = load_digits()
+  images, labels = digits.load_arrays()
+  assert images.shape == (1797, 8, 8) and images.dtype == np.uint8
+  assert labels.shape == (1797,) and labels.dtype == np.int32
+  np.testing.assert_array_equal(images.astype(np.float64), bunch.images)  # exact, before casts
+  np.testing.assert_array_equal(labels, bunch.target)
+  split = digits.load_digits()
+  order = np.random.default_rng(0).permutation(1797)
+  for name, idx in zip(('train', 'valid', 'test'), np.split(order, [1437, 1617])):
+    np.testing.assert_array_equal(split[name][0], bunch.images[idx].astype(np.uint8))
+    np.testing.assert_array_equal(split[name][1], bunch.target[idx].astype(np.int32))
+  assert digits.sklearn_version() == sklearn.__version__
+  # The module alone (by path: the package would import jax and flax first), in a fresh process.
+  code = ('import importlib.util, sys\n'
+          f'spec = importlib.util.spec_from_file_location("digits", {digits.__file__!r})\n'
+          'm = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n'
+          'm.load_digits(); m.sklearn_version()\n'
+          'print(sorted(k for k in sys.modules if "sklearn" in k))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == '[]', out.stdout + out.stderr[-2000:]
+
+
 def test_ptb_extracted_from_local_archive(tmp_path, ptb_dir):
   archive_dir = tmp_path / 'archive'
   archive_dir.mkdir()

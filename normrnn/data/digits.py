@@ -6,6 +6,11 @@ scikit-learn, so it needs no download and no data directory. NOT MNIST: a smoke-
 """
 from __future__ import annotations
 
+import gzip
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 SIDE = 8
@@ -14,12 +19,30 @@ MAX_VALUE = 16  # Pixel values are integers 0..16.
 SPLIT = (1_437, 180, 180)
 
 
+def csv_path() -> Path:
+  """scikit-learn's bundled sklearn/datasets/data/digits.csv.gz, found without importing sklearn
+  (its import costs seconds in every training process; `find_spec` of a top-level package only
+  locates it)."""
+  spec = importlib.util.find_spec('sklearn')
+  if spec is None or not spec.submodule_search_locations:
+    raise ModuleNotFoundError('the digits task reads the 8x8 digits that ship with scikit-learn: '
+                              'pip install scikit-learn')
+  return Path(next(iter(spec.submodule_search_locations)), 'datasets', 'data', 'digits.csv.gz')
+
+
+def load_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """All 1,797 (images uint8 [N, 8, 8], labels int32 [N]) in the file's order: the values of
+  `sklearn.datasets.load_digits()`'s `images` and `target` (it reads the same file with
+  `np.loadtxt(..., delimiter=',')`: 64 pixel columns, then the label)."""
+  with gzip.open(csv_path(), mode='rt', encoding='utf-8') as f:
+    data = np.loadtxt(f, delimiter=',')
+  return (data[:, :-1].reshape(-1, SIDE, SIDE).astype(np.uint8),
+          data[:, -1].astype(np.int32))
+
+
 def load_digits() -> dict:
   """{'train', 'valid', 'test'}: (images uint8 [N, 8, 8] with values 0..16, labels int32 [N])."""
-  from sklearn.datasets import load_digits as sklearn_digits  # Slow import; only when used.
-  bunch = sklearn_digits()
-  images = bunch.images.astype(np.uint8)
-  labels = bunch.target.astype(np.int32)
+  images, labels = load_arrays()
   order = np.random.default_rng(0).permutation(len(images))
   n_train, n_valid, _ = SPLIT
   parts = np.split(order, [n_train, n_train + n_valid])
@@ -28,5 +51,4 @@ def load_digits() -> dict:
 
 
 def sklearn_version() -> str:
-  import sklearn
-  return sklearn.__version__
+  return importlib.metadata.version('scikit-learn')  # without importing sklearn
