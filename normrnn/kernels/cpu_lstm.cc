@@ -259,19 +259,19 @@ void BatchMoments(Member<T>& me, int f, const T* __restrict a, const float* __re
   for (int j = 0; j < f; ++j) var[j] /= n;
 }
 
-// Streaming: the normalizer of row i, feature j from its running sums after this step.
+// Streaming: the normalizer of one unit from its running sums after this step (inv_safe =
+// 1 / max(n, 1)); `diff` is the variance before its clamp at 0.
 template <typename T>
 struct StreamStats {
-  T mu, second, diff, r;
+  T mu, diff, r;
 };
 template <typename T>
-inline StreamStats<T> StreamAt(T lam, T n, T s1, T s2, T mu_l, T var_l, T eps) {
-  const T safe = std::max(n, T(1));
+inline StreamStats<T> StreamAt(T lam, T inv_safe, T s1, T s2, T mu_l, T var_l, T eps) {
   StreamStats<T> z;
-  z.mu = lam * s1 / safe + (T(1) - lam) * mu_l;
-  z.second = lam * s2 / safe + (T(1) - lam) * (var_l + mu_l * mu_l);
-  z.diff = z.second - z.mu * z.mu;
-  z.r = T(1) / std::sqrt(std::max(z.diff, T(0)) + eps);
+  z.mu = lam * s1 * inv_safe + (T(1) - lam) * mu_l;
+  const T second = lam * s2 * inv_safe + (T(1) - lam) * (var_l + mu_l * mu_l);
+  z.diff = second - z.mu * z.mu;
+  z.r = T(1) / std::sqrt(std::fmax(z.diff, T(0)) + eps);
   return z;
 }
 
@@ -300,12 +300,14 @@ void StreamForward(const Site<T>& s, Stream<T>& st, Scratch<T>& w, Member<T>& me
     std::copy(st.s2.begin(), st.s2.end(), s.state_save[2] + row * f);
   }
   const T* __restrict beta = s.beta ? s.beta : w.zero.data();
+  const T* __restrict gamma = s.gamma;
   const T* __restrict mu_l = s.mean;
   const T* __restrict var_l = s.r;
+  const T lam = s.lam, eps = s.eps;
   for (int i = 0; i < b; ++i) {
     const T mi = m[i];
     st.n[i] += mi;
-    const T ni = st.n[i];
+    const T inv_safe = T(1) / std::max(st.n[i], T(1));
     const T* __restrict ai = a + long(i) * f;
     T* __restrict s1 = st.s1.data() + long(i) * f;
     T* __restrict s2 = st.s2.data() + long(i) * f;
@@ -313,9 +315,33 @@ void StreamForward(const Site<T>& s, Stream<T>& st, Scratch<T>& w, Member<T>& me
     for (int j = 0; j < f; ++j) {
       s1[j] += ai[j] * mi;
       s2[j] += ai[j] * ai[j] * mi;
-      const StreamStats<T> z = StreamAt(s.lam, ni, s1[j], s2[j], mu_l[j], var_l[j], s.eps);
-      oi[j] = s.gamma[j] * (ai[j] - z.mu) * z.r + beta[j];
+      const StreamStats<T> z = StreamAt(lam, inv_safe, s1[j], s2[j], mu_l[j], var_l[j], eps);
+      oi[j] = gamma[j] * (ai[j] - z.mu) * z.r + beta[j];
     }
+  }
+}
+
+// One row of StreamBackward (noinline, every pointer restrict: so that GCC vectorizes it).
+template <typename T>
+__attribute__((noinline)) void StreamBackwardRow(
+    int f, T lam, T eps, T mi, T inv_safe, const T* __restrict ai, const T* __restrict di,
+    const T* __restrict s1, const T* __restrict s2, const T* __restrict gamma,
+    const T* __restrict mu_l, const T* __restrict var_l, T* __restrict dgamma,
+    T* __restrict dbeta, T* __restrict dmu_l, T* __restrict dvar_l, T* __restrict ds1,
+    T* __restrict ds2, T* __restrict dai) {
+  for (int j = 0; j < f; ++j) {
+    const StreamStats<T> z = StreamAt(lam, inv_safe, s1[j], s2[j], mu_l[j], var_l[j], eps);
+    const T g = gamma[j], dy = di[j], centered = ai[j] - z.mu;
+    dgamma[j] += dy * centered * z.r;
+    dbeta[j] += dy;
+    const T dvar = T(-0.5) * g * centered * dy * z.r * z.r * z.r;
+    const T dsecond = std::fmax(z.diff, T(0)) == z.diff ? dvar : T(0);  // the clamp's gradient
+    const T dmu = -g * z.r * dy - T(2) * z.mu * dsecond;
+    dmu_l[j] += (T(1) - lam) * (dmu + T(2) * mu_l[j] * dsecond);
+    dvar_l[j] += (T(1) - lam) * dsecond;
+    ds1[j] += lam * dmu * inv_safe;
+    ds2[j] += lam * dsecond * inv_safe;
+    dai[j] = g * z.r * dy + mi * (ds1[j] + T(2) * ai[j] * ds2[j]);
   }
 }
 
@@ -327,7 +353,8 @@ void StreamBackward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, int t
                     int b, const T* __restrict a, const float* __restrict m, T n,
                     const T* __restrict dout, T* __restrict da) {
   const int f = s.f;
-  const T lam = s.lam;
+  const T lam = s.lam, eps = s.eps;
+  const T* __restrict gamma = s.gamma;
   const T* __restrict mu_l = s.mean;
   const T* __restrict var_l = s.r;
   T* __restrict dgamma = w.dgamma[k].data();
@@ -336,7 +363,7 @@ void StreamBackward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, int t
   T* __restrict dvar_l = st.dvar_l.data();
   for (int i = 0; i < b; ++i) {
     const T mi = m[i];
-    const T safe = std::max(st.n[i], T(1));
+    const T inv_safe = T(1) / std::max(st.n[i], T(1));
     const T* __restrict ai = a + long(i) * f;
     const T* __restrict di = dout + long(i) * f;
     const T* __restrict s1 = st.s1.data() + long(i) * f;
@@ -344,20 +371,8 @@ void StreamBackward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, int t
     T* __restrict ds1 = st.ds1.data() + long(i) * f;
     T* __restrict ds2 = st.ds2.data() + long(i) * f;
     T* __restrict dai = da + long(i) * f;
-    for (int j = 0; j < f; ++j) {
-      const StreamStats<T> z = StreamAt(lam, st.n[i], s1[j], s2[j], mu_l[j], var_l[j], s.eps);
-      const T g = s.gamma[j], dy = di[j], centered = ai[j] - z.mu;
-      dgamma[j] += dy * centered * z.r;
-      dbeta[j] += dy;
-      const T dvar = T(-0.5) * g * centered * dy * z.r * z.r * z.r;
-      const T dsecond = z.diff > T(0) ? dvar : T(0);
-      const T dmu = -g * z.r * dy - T(2) * z.mu * dsecond;
-      dmu_l[j] += (T(1) - lam) * (dmu + T(2) * mu_l[j] * dsecond);
-      dvar_l[j] += (T(1) - lam) * dsecond;
-      ds1[j] += lam * dmu / safe;
-      ds2[j] += lam * dsecond / safe;
-      dai[j] = g * z.r * dy + mi * (ds1[j] + T(2) * ai[j] * ds2[j]);
-    }
+    StreamBackwardRow(f, lam, eps, mi, inv_safe, ai, di, s1, s2, gamma, mu_l, var_l, dgamma,
+                      dbeta, dmu_l, dvar_l, ds1, ds2, dai);
   }
   if (train && s.dmean) {  // the returned batch moments (mean, two-pass variance)
     const T inv_n = T(1) / n;
