@@ -18,8 +18,10 @@ Models:
   orthogonal; max_time_steps = the sequence length; hoist_input and remat as the task configs:
   hoist_input False for both, remat True for smnist and False for ptb, the faster settings on
   CPU, docs/benchmarks.md), run by the reference scan (model.kernel='scan');
-* '<scheme>/<kernel>' = the same model run by each kernel of --kernels (default: fused;
+* '<scheme>/<kernel>' = the same model run by each kernel of --kernels (default: fused,cpu;
   `normrnn.kernels.KERNELS`) that supports the scheme (the others are listed under "skipped");
+  the JSON records the C++ kernel's BLAS kernel set (`cpu_kernel_blas`, e.g. SkylakeX or Haswell:
+  OPENBLAS_CORETYPE) and its threads per call (`cpu_kernel_threads`);
 * torch_lstm = `torch.nn.LSTM` + Linear + Adam, and torch_bn_lstm = a BN-LSTM written the way the
   public PyTorch reimplementations write it (per-step `F.batch_norm` with per-step running
   buffers at the three sites, one Python loop over time, the length mask blended into the
@@ -57,6 +59,7 @@ import numpy as np
 import optax
 
 from normrnn import kernels, models
+from normrnn.kernels import cpu_lstm
 from normrnn.norms import NORMS
 
 SHAPES = {  # per_step: loss at every step; stats_rate as in the paper's code (README)
@@ -338,7 +341,7 @@ def parse_args(argv=None):
   p.add_argument('--schemes', default='',
                  help='comma-separated NORMS keys (default: every registered LSTM scheme: '
                  f'{",".join(default_schemes())})')
-  p.add_argument('--kernels', default='fused',
+  p.add_argument('--kernels', default='fused,cpu',
                  help='comma-separated kernels (normrnn.kernels.KERNELS) that also run every scheme '
                  "they support, beside the reference scan ('' = none)")
   p.add_argument('--unroll', type=int, default=1, help='RNNSpec.unroll of the normrnn models')
@@ -426,6 +429,9 @@ def main(argv=None):
       gflops={k: flops / (v / 1e3) / 1e9 for k, v in ms.items()},
       peak_memory_mb={k: b.memory_mb for k, b in benches.items()},
       compile_s={k: b.compile_s for k, b in benches.items()}, skipped=skipped)
+  if 'cpu' in args.kernels and cpu_lstm.unavailable() is None:
+    result.update(cpu_kernel_blas=cpu_lstm.blas_core(),
+                  cpu_kernel_threads=cpu_lstm.threads(s['batch']))
   if args.eval_length:
     jax_benches = {k: b for k, b in benches.items() if isinstance(b, JaxBench)}
     result['eval'] = eval_bench(jax_benches, s, args.eval_length, args.reps)
@@ -440,7 +446,9 @@ def print_tables(result, s, args, flops):
   print(f'\n{args.shape}: B={s["batch"]} T={s["length"]} D={s["features"]} H={s["hidden"]} '
         f'C={s["classes"]}, {flops / 1e9:.2f} GFLOP/step, matmul peak {peak:.0f} GFLOP/s, '
         f'{args.reps} reps, unroll {args.unroll}, remat {args.remat}, '
-        f'hoist_input {args.hoist_input}; 1-min load average {load}\n')
+        f'hoist_input {args.hoist_input}; 1-min load average {load}'
+        + (f'; cpu kernel: {result["cpu_kernel_threads"]} threads, OpenBLAS '
+           f'{result["cpu_kernel_blas"]}' if 'cpu_kernel_blas' in result else '') + '\n')
   print('| model | median ms | ratio to flax | ratio to torch BN-LSTM | GFLOP/s | % of matmul peak '
         '| memory MB | compile s |\n|---|---|---|---|---|---|---|---|')
   for k in ms:

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from normrnn.kernels import cpu_lstm
 from normrnn.norms import NORMS, register, unregister
 from tests.helpers import load_script
 
@@ -88,9 +89,12 @@ def test_main_writes_the_json(tmp_path, monkeypatch):
   benchmark.main(['--shape', 'smnist', '--json', str(out), '--reps', '1', '--schemes', 'batch',
                   '--no-torch', '--eval-length', '8'])
   r = json.loads(out.read_text())
-  models = [benchmark.REF, 'batch', 'batch/fused']  # the fused kernel beside the scan
+  # The fused kernels beside the scan (the C++ one where its extension is built).
+  models = [benchmark.REF, 'batch', 'batch/fused'] + ['batch/cpu'] * (cpu_lstm.unavailable() is None)
   for key in ('ms', 'ratio_to_flax', 'gflops', 'peak_memory_mb', 'compile_s'):
     assert list(r[key]) == models, key
+  if cpu_lstm.unavailable() is None:
+    assert r['cpu_kernel_blas'] and r['cpu_kernel_threads'] >= 1
   assert r['shape'] == 'smnist' and r['ratio_to_flax'][benchmark.REF] == 1.0
   assert r['ratio_to_torch_bn'] == {} and len(r['load_average']['before']) == 3
   assert all(math.isfinite(v) and v > 0 for v in r['ms'].values())
@@ -99,7 +103,7 @@ def test_main_writes_the_json(tmp_path, monkeypatch):
 
 def test_kernel_list():
   args = benchmark.parse_args(['--shape', 'smnist', '--json', 'x'])
-  assert args.kernels == ['fused']
+  assert args.kernels == ['fused', 'cpu']
   assert benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--kernels', '']).kernels == []
   with pytest.raises(SystemExit):
     benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--kernels', 'nope'])
@@ -110,9 +114,12 @@ def test_kernel_list():
   # Every scheme by the scan, then by each kernel that supports it; the rest listed as skipped.
   args = benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--schemes', 'batch,streaming'])
   runs, skipped = benchmark.plan_runs(TINY['smnist'], args)
-  assert runs == {benchmark.REF: (benchmark.REF, 'scan'), 'batch': ('batch', 'scan'),
-                  'streaming': ('streaming', 'scan'), 'batch/fused': ('batch', 'fused')}
-  assert list(skipped) == ['streaming/fused'] and 'Streaming' in skipped['streaming/fused']
+  expected = {benchmark.REF: (benchmark.REF, 'scan'), 'batch': ('batch', 'scan'),
+              'streaming': ('streaming', 'scan'), 'batch/fused': ('batch', 'fused')}
+  if cpu_lstm.unavailable() is None:  # the C++ kernel runs streaming too
+    expected.update({'batch/cpu': ('batch', 'cpu'), 'streaming/cpu': ('streaming', 'cpu')})
+  assert runs == expected
+  assert list(skipped)[0] == 'streaming/fused' and 'Streaming' in skipped['streaming/fused']
 
 
 @pytest.mark.parametrize('shape', sorted(TINY))
