@@ -42,7 +42,6 @@ import ml_collections  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from normrnn import models  # noqa: E402
-from normrnn.norms import get_scheme  # noqa: E402
 from normrnn.rundir import restore  # noqa: E402
 
 LENGTHS = tuple(range(100, 1001, 100))
@@ -89,7 +88,8 @@ def evaluate_run(label: str, workdir: str, lengths, *, data_dir=None, batch_size
                      'generalization needs a character language model')
   stats = exp.reestimate(state.params, state.batch_stats)
   runs = [('population', exp, stats)]
-  if get_scheme(config.model.norm.name).batch_statistics:
+  scheme = models.spec_from_config(config.model).scheme  # per-site composites included
+  if scheme.batch_statistics:
     steps = max(lengths) - 1
     long_exp = dataclasses.replace(exp, model=batch_stat_model(config, task.vocab_size, steps))
     runs.append(('batch', long_exp, long_tables(state.batch_stats, steps)))
@@ -108,7 +108,8 @@ def evaluate_run(label: str, workdir: str, lengths, *, data_dir=None, batch_size
     curves[names[mode]] = values
   bar.close()
   info = dict(workdir=os.path.abspath(workdir), task=config.task, data=config.data.name,
-              norm=config.model.norm.name, gamma_init=config.model.norm.gamma_init,
+              norm=config.model.norm.name, scheme=scheme.name,
+              gamma_init=config.model.norm.gamma_init,
               hidden=config.model.hidden, max_time_steps=config.model.norm.max_time_steps,
               best_step=step, curves=list(curves),
               eval_batch_size=batch_size or config.data.eval_batch_size,

@@ -163,6 +163,14 @@ def _workdir(job) -> str:
   return job.workdir if isinstance(job, Job) else str(job)
 
 
+def show_done(bar, name: str, code: int, seconds: float) -> None:
+  """One finished job on a sweep's progress bar (None: no bar): its name and outcome."""
+  if bar is not None:
+    bar.set_postfix_str(f'{name}: ' + (f'ok ({seconds:.0f} s)' if code == 0
+                                       else f'FAILED (exit {code})'))
+    bar.update(1)
+
+
 def running_pid(workdir: str) -> int | None:
   """The id of a live training process a launcher started in `workdir`, or None. The pid file
   holds the process id, and on a second line the host when a scheduler's job wrote it (a process
@@ -368,10 +376,7 @@ class LocalLauncher(Executor):
       for future in concurrent.futures.as_completed(futures):
         job = futures[future]
         code, seconds = outcome[job.name] = future.result()
-        if bar is not None:
-          bar.set_postfix_str(f'{job.name}: ' + (f'ok ({seconds:.0f} s)' if code == 0
-                                                 else f'FAILED (exit {code})'))
-          bar.update(1)
+        show_done(bar, job.name, code, seconds)
     except KeyboardInterrupt:
       pool.shutdown(wait=False, cancel_futures=True)
       self.stop()

@@ -470,10 +470,7 @@ class SubmititExecutor(launch.Executor):
           if sjob.done():
             code, seconds = outcome[name] = self._outcome(job, sjob, started)
             del active[name]
-            if bar is not None:
-              bar.set_postfix_str(f'{name}: ' + (f'ok ({seconds:.0f} s)' if code == 0
-                                                 else f'FAILED (exit {code})'))
-              bar.update(1)
+            launch.show_done(bar, name, code, seconds)
         if active and not (queue and len(active) < limit):
           time.sleep(self.poll_s)
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from normrnn import losses, parallel
+from normrnn import losses, models, parallel
 from normrnn.checkpoint import Checkpointer
 from normrnn.config.schema import check_resume
 from normrnn.experiment import Experiment, TrainState, params_digest  # noqa: F401 (re-export)
@@ -181,9 +181,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # waiting in a collective.
   handled = (signal.SIGTERM, signal.SIGINT) if jax.process_count() == 1 else ()
   previous = {s: signal.signal(s, stop) for s in handled}
+  # The scheme as run: a per-site composite is named by its sites ('batch[input=sequence]').
+  scheme_name = models.spec_from_config(config.model).scheme.name
   bar = tqdm(total=num_steps, initial=first,
              disable=not (config.train.progress_bar and primary),
-             dynamic_ncols=True, desc=f'{config.task}/{config.model.norm.name}')
+             dynamic_ncols=True, desc=f'{config.task}/{scheme_name}')
   window_start, acc, acc_n = first, None, 0
   headline = [config.eval.select_metric] + [
       k for k in ('val/error', 'val/bpc', 'val_batch/error', 'val_batch/bpc', 'val/loss')
@@ -247,7 +249,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     final = best_ckpt.restore(best['step'], state)
   results_metrics = exp.final_metrics(final.params, final.batch_stats)
   results = dict(
-      task=config.task, paper=config.paper, norm=config.model.norm.name,
+      task=config.task, paper=config.paper, norm=config.model.norm.name, scheme=scheme_name,
       gamma_init=config.model.norm.gamma_init, metrics=results_metrics,
       best_step=best['step'], best=best, final_step=int(state.step),
       popstats=config.eval.popstats, wall_time_s=elapsed(), hardware=_hardware(),
@@ -264,7 +266,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return results
   keys = [k for k in ('test_stream/bpc', 'test/bpc', 'test/acc', 'test/loss', 'test_batch/acc',
                       'test_batch/bpc') if k in results_metrics]
-  print(f'{config.task}/{config.model.norm.name}: {_fmt(results_metrics, keys[:3])} (model of '
+  print(f'{config.task}/{scheme_name}: {_fmt(results_metrics, keys[:3])} (model of '
         f'step {best["step"]}, {results["wall_time_s"]:.0f} s); results in '
         f'{os.path.join(workdir, "results.json")}', file=sys.stderr)
   return results
