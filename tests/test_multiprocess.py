@@ -83,16 +83,14 @@ class Job:
   def __init__(self, workdir: Path, port: int):
     Job.launches += 1
     self.workdir, self.procs, self.logs = workdir, [], []
+    # The three jobs compile the same programs: the later ones load them from the session's
+    # compilation cache (conftest.py's JAX_COMPILATION_CACHE_DIR, inherited).
     env = dict(os.environ, JAX_PLATFORMS='cpu', WANDB_MODE='disabled',
                JAX_NUM_CPU_DEVICES=str(DEVICES_PER_PROCESS),
                # The pytest process forces 4 host devices through XLA_FLAGS; these processes
                # set their own count above.
                XLA_FLAGS=' '.join(f for f in os.environ.get('XLA_FLAGS', '').split()
-                                  if 'force_host_platform_device_count' not in f),
-               # The three jobs compile the same programs: the later ones load them (~15 s less).
-               JAX_COMPILATION_CACHE_DIR=str(workdir.parent / 'compilation_cache'),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+                                  if 'force_host_platform_device_count' not in f))
     env.pop('PYTHONPATH', None)
     workdir.mkdir(parents=True, exist_ok=True)
     for i in range(PROCESSES):
