@@ -120,9 +120,9 @@ def test_kill_9_then_same_command_matches_the_uninterrupted_run(tmp_path):
 
 
 def test_console_is_quiet_by_default_and_library_logs_on_request(tmp_path):
-  """A 100-step digits run: stderr holds the progress bar, one line per evaluation and the final
+  """A 20-step digits run: stderr holds the progress bar, one line per evaluation and the final
   summary, and no INFO line of absl/orbax/jax; --library_logs shows them."""
-  args = ('--config.train.num_steps=100', '--config.train.eval_every_steps=50',
+  args = ('--config.train.num_steps=20', '--config.train.eval_every_steps=10',
           '--config.train.progress_bar=True', '--config.model.hidden=16')
   out = subprocess.run(_cmd(tmp_path / 'quiet', *args, arg='norm=batch'), cwd=tmp_path,
                        env=_env(), capture_output=True, text=True, timeout=300)
@@ -130,13 +130,14 @@ def test_console_is_quiet_by_default_and_library_logs_on_request(tmp_path):
   lines = [l for l in re.split(r'[\r\n]', out.stderr) if l.strip()]
   info = [l for l in lines if re.match(r'^[IWE]\d{4} ', l) or 'INFO' in l]
   assert not info, info[:5]
-  assert [l.split(':')[0] for l in lines if l.startswith('step ')] == ['step 50', 'step 100']
-  assert 'val/error' in next(l for l in lines if l.startswith('step 50'))
+  assert [l.split(':')[0] for l in lines if l.startswith('step ')] == ['step 10', 'step 20']
+  assert 'val/error' in next(l for l in lines if l.startswith('step 10'))
   bar = re.compile(r'^digits/batch:\s+\d+%\|')  # tqdm's redraws of the progress bar
   other = [l for l in lines if not l.startswith('step ') and not bar.match(l)]
   assert len(other) == 1 and 'results in' in other[0], other  # the final summary
-  verbose = subprocess.run(_cmd(tmp_path / 'logs', *args[:1], '--config.train.eval_every_steps=100',
-                                '--library_logs', arg='norm=batch,size=smoke'),
+  verbose = subprocess.run(_cmd(tmp_path / 'logs', '--config.train.num_steps=2',
+                                '--config.train.eval_every_steps=2', '--library_logs',
+                                arg='norm=batch,size=smoke'),
                            cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
   assert verbose.returncode == 0, verbose.stderr[-3000:]
   assert any(re.match(r'^I\d{4} ', l) for l in verbose.stderr.splitlines())
