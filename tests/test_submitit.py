@@ -36,9 +36,13 @@ SWEEP = ROOT / 'scripts' / 'sweep.py'
 
 sweep = load_script('scripts/sweep.py')
 
-# Two points long enough to be caught mid-run, two of the smoke size's 4 steps.
-POINTS = ('[{"seed": 0, "train.num_steps": 150}, {"seed": 1, "train.num_steps": 150}, '
+# Two points long enough to be caught mid-run, two of the smoke size's 4 steps. With a checkpoint
+# every 2 steps, the LONG steps of a point last about 3 s (more on loaded cores); `_interrupt`
+# catches a point within milliseconds of its first checkpoint.
+LONG = 60
+POINTS = (f'[{{"seed": 0, "train.num_steps": {LONG}}}, {{"seed": 1, "train.num_steps": {LONG}}}, '
           '{"seed": 2}, {"seed": 3}]')
+PREEMPTED, KILLED = f'seed-0_num_steps-{LONG}', f'seed-1_num_steps-{LONG}'
 FLAGS = ['--config.train.log_every_steps=1', '--config.train.checkpoint_every_steps=2',
          '--config.train.eval_every_steps=1000', '--config.train.progress_bar=False',
          '--config.wandb.tensorboard=False']
@@ -159,15 +163,15 @@ def test_submitit_local_sweep_preempt_kill_and_same_table(tmp_path, capsys, env)
   root = tmp_path / 'submitit_sweep'
   proc = _start_sweep(config, root, env, '--executor', 'submitit_local')
   try:
-    _interrupt({root / 'seed-0_num_steps-150': 'preempt', root / 'seed-1_num_steps-150': 'kill'},
+    _interrupt({root / PREEMPTED: 'preempt', root / KILLED: 'kill'},
                deadline=time.time() + 240)
   except BaseException:
     _kill(proc)
     raise
   out, err = _end(proc)
   assert proc.returncode == 1, out[-2000:] + err[-3000:]  # the killed point failed
-  assert '| seed-1_num_steps-150 | FAILED (exit -9) |' in out
-  preempted = root / 'seed-0_num_steps-150'
+  assert f'| {KILLED} | FAILED (exit -9) |' in out
+  preempted = root / PREEMPTED
   record = json.loads((preempted / launch.SCHEDULER_FILE).read_text())
   assert record['executor'] == 'submitit_local' and record['stdout'].startswith(str(root))
   job_log = Path(record['stdout']).read_text() + Path(record['stderr']).read_text()
@@ -177,7 +181,7 @@ def test_submitit_local_sweep_preempt_kill_and_same_table(tmp_path, capsys, env)
   assert 'Resuming from the checkpoint at step' in log
   assert launch.status(str(preempted)) == 'finished'
 
-  killed = root / 'seed-1_num_steps-150'
+  killed = root / KILLED
   assert launch.status(str(killed)) == f'failed (exit -9, see {killed / "train.log"})'
   code, again, err = _run_sweep(config, root, env, '--executor', 'submitit_local')
   assert code == 0, again[-2000:] + err[-3000:]
