@@ -11,8 +11,8 @@ that would start after --budget-s are recorded as skipped; --sections runs a sub
       sMNIST B64 T784 D1 H100, PTB B64 T100 one-hot 50 H1000; float32, forward + backward +
       Adam): flax's nn.OptimizedLSTMCell (the reference), cuDNN's LSTM through
       jax.experimental.rnn, every LSTM scheme of normrnn through the scan, and the schemes of
-      --kernel-schemes through each registered kernel of normrnn.kernels ('fused', 'pallas'),
-      named '<scheme>@<kernel>'. Medians of --reps round-robin steps, ratios to flax and to
+      --kernel-schemes through each registered kernel of normrnn.kernels ('fused', 'pallas';
+      'cpu' refuses on a GPU: it runs on the CPU backend only), named '<scheme>@<kernel>'. Medians of --reps round-robin steps, ratios to flax and to
       cuDNN, XLA's memory estimate, compile time; a model that fails (a kernel refusing a size,
       cuDNN missing) is listed under 'errors'.
   train/<task>/<norm>/<kernel>   --steps steps of the paper-size config (configs/smnist.py,

@@ -11,6 +11,7 @@ field, and a float32 smoke training run whose losses match the scan's. The C++ k
 with its batch split over several threads (uneven blocks of rows), and if its extension was not
 built its tests are skipped, except under CI (CI=true), where that is an error.
 """
+import dataclasses
 import os
 
 import jax
@@ -107,6 +108,7 @@ def _assert_equal(out, rtol=1e-9, atol=1e-10):  # float64
 def test_equals_scan(kernel, scheme, train, settings, monkeypatch):
   settings = dict(settings)
   monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', settings.pop('max_chunk', fused_lstm.MAX_CHUNK))
+  monkeypatch.setattr(cpu_lstm, 'MIN_GRAD_ROWS', 1)  # the C++ backward's chunks = the plan's
   with jax.enable_x64(True):
     _assert_equal(_run(scheme, kernel, train=train, **settings))
 
@@ -119,6 +121,7 @@ def test_cpu_kernel_threads(scheme, train, monkeypatch):
   monkeypatch.setenv('NORMRNN_CPU_THREADS', '3')
   assert cpu_lstm.threads(4) == 3
   monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', 2)
+  monkeypatch.setattr(cpu_lstm, 'MIN_GRAD_ROWS', 1)  # the C++ backward's chunks = the plan's
   with jax.enable_x64(True):
     _assert_equal(_run(scheme, 'cpu', train=train, hoist_input=False, remat=True, probe=True,
                        use_moments=train and scheme == 'batch', length=7, t_max=7))
@@ -145,6 +148,7 @@ def test_cpu_kernel_streaming(train, settings, monkeypatch):
   _needs_cpu_kernel()
   settings = dict(settings)
   monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', settings.pop('max_chunk', fused_lstm.MAX_CHUNK))
+  monkeypatch.setattr(cpu_lstm, 'MIN_GRAD_ROWS', 1)  # the C++ backward's chunks = the plan's
   monkeypatch.setenv('NORMRNN_CPU_THREADS', '3')
   with jax.enable_x64(True):
     _assert_equal(_run('streaming', 'cpu', train=train, **settings))
@@ -242,6 +246,13 @@ def test_cpu_kernel_refusals(monkeypatch):
   assert cpu_lstm.threads(8) == 1 and 1 <= cpu_lstm.threads(64) <= 4
   monkeypatch.setenv('NORMRNN_CPU_THREADS', '6')
   assert cpu_lstm.threads(4) == 4 and cpu_lstm.threads(64) == 6
+  # The backward's dW_h matmuls cover at least MIN_GRAD_ROWS rows per thread: PTB's 2-step
+  # chunks become 8 steps (2 threads x 32 rows), sMNIST's 16 stay.
+  monkeypatch.setenv('NORMRNN_CPU_THREADS', '2')
+  plan = fused_lstm.Plan(input=None, recurrent='batch', cell='batch', train=True, eps=1e-5,
+                         remat=False, unroll=1, chunk=2)
+  assert cpu_lstm._attrs(plan, 64)['chunk'] == 8
+  assert cpu_lstm._attrs(dataclasses.replace(plan, chunk=16), 64)['chunk'] == 16
 
 
 def test_config_field():

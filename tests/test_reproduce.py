@@ -23,7 +23,7 @@ from tests.helpers import load_script
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
 # The keys normrnn.trainer.train_and_evaluate writes into results.json.
-RESULTS_KEYS = {'task', 'paper', 'norm', 'gamma_init', 'metrics', 'best_step', 'best',
+RESULTS_KEYS = {'task', 'paper', 'norm', 'scheme', 'gamma_init', 'metrics', 'best_step', 'best',
                 'final_step', 'popstats', 'wall_time_s', 'hardware', 'data', 'params_digest',
                 'command'}
 HARDWARE = dict(platform='cpu', device_kind='cpu', device_count=1, cpu_count=2,
@@ -69,7 +69,7 @@ def fake_run(workdir: Path, config: dict, metrics: dict | None, *, steps=(250, 5
   if metrics is None:
     return
   results = dict(task=config['task'], paper=config['paper'], norm=config['model']['norm']['name'],
-                 gamma_init=config['model']['norm']['gamma_init'], metrics=metrics,
+                 scheme=config['model']['norm']['name'], gamma_init=config['model']['norm']['gamma_init'], metrics=metrics,
                  best_step=steps[-2], best=dict(step=steps[-2], value=0.1, metric='val/error'),
                  final_step=steps[-1], popstats='reestimate', wall_time_s=wall,
                  hardware=HARDWARE, data=_data(config), params_digest='0' * 64,

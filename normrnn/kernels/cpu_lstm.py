@@ -85,21 +85,30 @@ def _cpu_flags() -> set[str]:
 
 
 def _openblas():
-  """scipy-openblas32's library (ctypes). On a CPU with AVX-512 its AVX-512 ('SkylakeX')
-  kernels are selected: OpenBLAS's own detection picks its AVX2 ('Haswell') kernels on some
-  AVX-512 CPUs (this AMD EPYC among them), which run the kernel's small matmuls at half the speed
-  (docs/benchmarks.md). The choice is OpenBLAS's documented OPENBLAS_CORETYPE, read when the
-  library loads; set only around that import, and never over a value the user set."""
+  """scipy-openblas32's library (ctypes), loaded with the kernel set this kernel's matmuls run
+  best with. This copy of OpenBLAS is used by nothing but this kernel (numpy and scipy bring
+  their own), so the kernel chooses for it: NORMRNN_BLAS_CORETYPE if set (an OpenBLAS core name
+  such as 'Haswell'), else OpenBLAS's AVX-512 kernels ('SkylakeX') on a CPU with AVX-512, else
+  OpenBLAS's own choice. Why: its own detection (or an OPENBLAS_CORETYPE meant for numpy's copy,
+  as on this project's machines) can give AVX2 kernels on an AVX-512 CPU, which run the kernel's
+  small matmuls at about half the speed (docs/benchmarks.md). The choice goes through
+  OpenBLAS's documented OPENBLAS_CORETYPE, which it reads when the library loads: set only
+  around that import, then restored."""
   import sys  # pylint: disable=g-import-not-at-top
-  choose = ('scipy_openblas32' not in sys.modules and 'OPENBLAS_CORETYPE' not in os.environ
-            and set(AVX512) <= _cpu_flags())
+  core = os.environ.get('NORMRNN_BLAS_CORETYPE', '').strip() or (
+      'SkylakeX' if set(AVX512) <= _cpu_flags() else '')
+  choose = bool(core) and 'scipy_openblas32' not in sys.modules
+  previous = os.environ.get('OPENBLAS_CORETYPE')
   if choose:
-    os.environ['OPENBLAS_CORETYPE'] = 'SkylakeX'
+    os.environ['OPENBLAS_CORETYPE'] = core
   try:
     import scipy_openblas32  # pylint: disable=g-import-not-at-top
   finally:
     if choose:
-      del os.environ['OPENBLAS_CORETYPE']
+      if previous is None:
+        del os.environ['OPENBLAS_CORETYPE']
+      else:
+        os.environ['OPENBLAS_CORETYPE'] = previous
   return scipy_openblas32.dll
 
 
@@ -165,13 +174,21 @@ def threads(batch: int) -> int:
   return max(1, min(cpus or 1, batch // MIN_ROWS))
 
 
+# The backward accumulates dW_h once per chunk of steps as one matmul over the chunk's rows of
+# each thread: at least this many rows, or the matmul is too thin to run near peak (PTB: 32 rows
+# per thread, chunks of 2 -> 8 steps took `batch` from 1.14x to 1.05x flax's time).
+MIN_GRAD_ROWS = 256
+
+
 def _attrs(plan, batch):
   kinds = dict(input=plan.input or 'identity', recurrent=plan.recurrent, cell=plan.cell)
+  n = threads(batch)
+  rows = -(-batch // n)
   return dict(kind_input=np.int64(KINDS[kinds['input']]),
               kind_recurrent=np.int64(KINDS[kinds['recurrent']]),
               kind_cell=np.int64(KINDS[kinds['cell']]), eps=np.float64(plan.eps),
-              lam=np.float64(plan.lam), threads=np.int64(threads(batch)),
-              chunk=np.int64(plan.chunk))
+              lam=np.float64(plan.lam), threads=np.int64(n),
+              chunk=np.int64(max(plan.chunk, -(-MIN_GRAD_ROWS // rows))))
 
 
 def _shape(shape, dtype, present=True):
