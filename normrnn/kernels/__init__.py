@@ -3,7 +3,9 @@
 
 'scan' (the default) is the reference: `flax.linen.scan` over the cell's `step`, differentiated
 by autodiff. Every other kernel computes the same values (tested against the scan) faster for
-the cells and schemes it supports, and is registered here as a `Kernel`:
+the cells and schemes it supports, and is registered here as a `Kernel`: 'fused' (pure JAX,
+fused_lstm.py), 'cpu' (the same loops in C++, cpu_lstm.py / cpu_lstm.cc), 'pallas' (GPU,
+pallas_lstm.py). Each has:
 
   supports(cell, scheme, *, hoist_input, remat, unroll, train) -> None | reason
       `cell` a name of `normrnn.cells.CELLS`, `scheme` the (possibly per-site composed) Scheme

@@ -1,13 +1,14 @@
 """`cpu`: the fused kernel's two loops in C++ (model.kernel='cpu').
 
 The same `jax.custom_vjp` as `normrnn.kernels.fused_lstm` (same cell, same saved values, same
-backward formulas, same supported schemes: tests/test_cpu_kernel.py checks outputs, carries,
-moments and every gradient against the scan), but its forward loop and its backward loop each
-run as ONE call into a C++ function (normrnn/kernels/cpu_lstm.cc) through XLA's
-foreign-function interface (`jax.ffi`), instead of as an XLA while loop. A step is then one
+backward formulas, the same schemes plus streaming normalization: tests/test_fused.py checks
+outputs, carries, moments and every gradient against the scan), but its forward loop and its
+backward loop each run as ONE call into a C++ function (normrnn/kernels/cpu_lstm.cc) through
+XLA's foreign-function interface (`jax.ffi`), instead of as an XLA while loop. A step is then one
 BLAS matmul (OpenBLAS from the `scipy-openblas32` package) and a few vectorized loops over
-cache-resident [B, 4H] blocks, with no per-op dispatch; the weight gradient dW_h is one BLAS
-matmul per chunk of steps. docs/benchmarks.md has the measurements.
+cache-resident rows, with no per-op dispatch, and the batch is split over threads (`threads`);
+the weight gradient dW_h is one BLAS matmul per chunk of steps. docs/benchmarks.md has the
+measurements.
 
 Build: `pip install -e .` compiles cpu_lstm.cc into normrnn/kernels/_cpu_lstm*.so (setup.py;
 the XLA FFI headers come from jaxlib, a C++17 compiler is needed). If the build fails the install
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 KINDS = {'identity': 0, 'batch': 1, 'layer': 2, 'streaming': 3}  # cpu_lstm.cc's Kind
-MIN_ROWS = 16
+MIN_ROWS = 16  # rows of the batch per thread, at least (see `threads`)
 SITES = ('input', 'recurrent', 'cell')
 _FORWARD, _BACKWARD = 'normrnn_lstm_forward', 'normrnn_lstm_backward'
 

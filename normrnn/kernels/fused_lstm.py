@@ -38,7 +38,9 @@ evaluation) and `layer.LayerNorm`; a hoisted input term (`hoist_input=True`, or 
 which is always hoisted) may be any scheme's; any kernel transform (weight norm: it is applied
 once before the loop). So: none, batch, batch_input, layer, weight, sequence and per-site
 composites of these. Not: cosine (its recurrent site divides by |h_{t-1}|), streaming (per-sequence
-state carried through the loop), the GRU and the tanh RNN. The scan stays the reference and the
+state carried through the loop: the C++ loops of kernel 'cpu' run it, `native=True`), the GRU and
+the tanh RNN. With `native=True` (kernel 'cpu', normrnn/kernels/cpu_lstm.py) the two loops of
+this custom_vjp run in C++; everything else here is shared. The scan stays the reference and the
 fallback; masking, reverse (valid-prefix) direction, h_0 noise, chunked evaluation and the
 last-step rule of the statistics tables are all done by `Recurrent` around either loop.
 """
