@@ -12,6 +12,7 @@ JAX_COMPILATION_CACHE_MAX_SIZE turns on the cache's file lock (reads and writes 
 processes do not interleave). A JAX_COMPILATION_CACHE_DIR set by the caller is used as is.
 """
 import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -23,12 +24,15 @@ if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', '
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=4').strip()
 
-if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+# Without filelock (requirements.txt) JAX cannot lock the cache's files: then no shared cache.
+_LOCKS = importlib.util.find_spec('filelock') is not None
+if _LOCKS and not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
   _CACHE = tempfile.mkdtemp(prefix='normrnn-tests-jax-cache-')
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
   atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 # Programs that compile in under 0.1 s (the op-by-op dispatches of un-jitted code, thousands in
 # the numerical tests) are left out: writing and scanning their entries cost more than they save.
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+  os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
