@@ -203,8 +203,10 @@ struct Site {
   // their cotangents [F]. The per-sequence running sums (n [B], s1, s2 [B, F]) are carried:
   const T* state0[3] = {nullptr, nullptr, nullptr};  // initial n, s1, s2
   T* state_out[3] = {nullptr, nullptr, nullptr};     // final n, s1, s2
-  T* state_save[3] = {nullptr, nullptr, nullptr};    // forward: the sums entering each step
-  const T* state_saved[3] = {nullptr, nullptr, nullptr};  // backward: the same, to read
+  // The backward starts from the final sums and walks them back, s_{t-1} = s_t - a_t m_t (no
+  // per-step copies: at sMNIST they were 360 MB written and read again; the subtraction's
+  // rounding is that of the sums themselves, ~1e-7 relative per step in float32).
+  const T* state_final[3] = {nullptr, nullptr, nullptr};  // backward: n, s1, s2 after step T
   const T* dstate_out[3] = {nullptr, nullptr, nullptr};   // backward: d final sums (n: unused)
   T* dstate0[3] = {nullptr, nullptr, nullptr};       // backward: d initial sums (n: zero)
   const T* batch_mean = nullptr;  // backward: this batch's mean per step [T, F] (moments' term)
@@ -289,32 +291,26 @@ void StreamForward(const Site<T>& s, Stream<T>& st, Scratch<T>& w, Member<T>& me
       std::copy(w.r.data(), w.r.data() + f, s.out_var + long(t) * f);
     }
   }
-  const long row = long(t) * batch + me.r0;
-  if (s.state_saved[0]) {  // backward: the sums entering step t
-    std::copy(s.state_saved[0] + row, s.state_saved[0] + row + b, st.n.begin());
-    std::copy(s.state_saved[1] + row * f, s.state_saved[1] + (row + b) * f, st.s1.begin());
-    std::copy(s.state_saved[2] + row * f, s.state_saved[2] + (row + b) * f, st.s2.begin());
-  } else if (s.state_save[0]) {
-    std::copy(st.n.begin(), st.n.end(), s.state_save[0] + row);
-    std::copy(st.s1.begin(), st.s1.end(), s.state_save[1] + row * f);
-    std::copy(st.s2.begin(), st.s2.end(), s.state_save[2] + row * f);
-  }
   const T* __restrict beta = s.beta ? s.beta : w.zero.data();
   const T* __restrict gamma = s.gamma;
   const T* __restrict mu_l = s.mean;
   const T* __restrict var_l = s.r;
   const T lam = s.lam, eps = s.eps;
+  const bool advance = s.state_final[0] == nullptr;  // backward: st already holds s_t
   for (int i = 0; i < b; ++i) {
     const T mi = m[i];
-    st.n[i] += mi;
+    if (advance) st.n[i] += mi;
     const T inv_safe = T(1) / std::max(st.n[i], T(1));
     const T* __restrict ai = a + long(i) * f;
     T* __restrict s1 = st.s1.data() + long(i) * f;
     T* __restrict s2 = st.s2.data() + long(i) * f;
     T* __restrict oi = out + long(i) * f;
+    if (advance)
+      for (int j = 0; j < f; ++j) {
+        s1[j] += ai[j] * mi;
+        s2[j] += ai[j] * ai[j] * mi;
+      }
     for (int j = 0; j < f; ++j) {
-      s1[j] += ai[j] * mi;
-      s2[j] += ai[j] * ai[j] * mi;
       const StreamStats<T> z = StreamAt(lam, inv_safe, s1[j], s2[j], mu_l[j], var_l[j], eps);
       oi[j] = gamma[j] * (ai[j] - z.mu) * z.r + beta[j];
     }
@@ -373,6 +369,14 @@ void StreamBackward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, int t
     T* __restrict dai = da + long(i) * f;
     StreamBackwardRow(f, lam, eps, mi, inv_safe, ai, di, s1, s2, gamma, mu_l, var_l, dgamma,
                       dbeta, dmu_l, dvar_l, ds1, ds2, dai);
+    // Back to the sums entering step t.
+    st.n[i] -= mi;
+    T* __restrict w1 = st.s1.data() + long(i) * f;
+    T* __restrict w2 = st.s2.data() + long(i) * f;
+    for (int j = 0; j < f; ++j) {
+      w1[j] -= ai[j] * mi;
+      w2[j] -= ai[j] * ai[j] * mi;
+    }
   }
   if (train && s.dmean) {  // the returned batch moments (mean, two-pass variance)
     const T inv_n = T(1) / n;
@@ -635,8 +639,7 @@ T Count(const float* mt, int b) {
 // 20 + 3k.. Rets: 0 h_T [B, H]   1 c_T   2 ys [T, B, H]   3 h_{t-1} per step [T, B, H] (absent:
 // not saved)   4 c_{t-1} per step   5 W_h h_{t-1} per step [T, B, G] (absent: not saved)
 // 6-8 the three sites' batch means [T, F] (absent where not computed)   9-11 their variances
-// 12-29 for each streaming site k at 12 + 6k: its final n, s1, s2, then the n, s1, s2 entering
-// every step ([T, B], [T, B, F]; absent: not saved).
+// 12-20 for each streaming site k at 12 + 3k: its final n [B], s1, s2 [B, F].
 template <typename T>
 ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64_t kinds[3],
                    double eps, double lam, int threads) {
@@ -661,9 +664,8 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
     if (s.kind != kStreaming) continue;
     for (int q = 0; q < 3; ++q) {  // n, s1, s2
       s.state0[q] = In<T>(arg(20 + 3 * k + q));
-      auto out = ret(12 + 6 * k + q), save = ret(15 + 6 * k + q);
+      auto out = ret(12 + 3 * k + q);
       s.state_out[q] = Out<T>(out);
-      s.state_save[q] = Out<T>(save);
     }
   }
   const T* kh = In<T>(arg(0));
@@ -750,7 +752,7 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
 // Backward. Args after the shared 0-18: 19 h_{t-1} per step   20 c_{t-1} per step
 // 21 W_h h_{t-1} per step (absent: recomputed)   22 dL/dh_T   23 dL/dc_T   24 dL/dys (absent:
 // zero)   25-27 cotangents of the sites' returned means (absent: zero)   28-30 of the variances
-// 31-45 for each streaming site k at 31 + 5k: the saved n, s1, s2 entering every step, then
+// 31-45 for each streaming site k at 31 + 5k: the final n, s1, s2 (the forward's), then
 // dL/d(final s1), dL/d(final s2) (absent: zero)   46-48 per site this batch's means [T, F]
 // (streaming in training with moment cotangents, else absent).
 // Rets: 0 dW_h   1 dW_x (absent when hoisted)   2 dbias   3-5 dgamma per site   6-8 dbeta
@@ -787,7 +789,7 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     s.dvar = In<T>(arg(28 + k));
     s.lam = static_cast<T>(lam);
     if (s.kind != kStreaming) continue;
-    for (int q = 0; q < 3; ++q) s.state_saved[q] = In<T>(arg(31 + 5 * k + q));
+    for (int q = 0; q < 3; ++q) s.state_final[q] = In<T>(arg(31 + 5 * k + q));
     s.dstate_out[1] = In<T>(arg(34 + 5 * k));
     s.dstate_out[2] = In<T>(arg(35 + 5 * k));
     s.batch_mean = In<T>(arg(46 + k));
@@ -823,9 +825,9 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
       if (s.kind != kStreaming) continue;
       Stream<T>& st = w.stream[k];
       const long lo = long(r0) * s.f, hi = long(r0 + R) * s.f;
-      st.n.assign(R, T(0));
-      st.s1.assign(hi - lo, T(0));
-      st.s2.assign(hi - lo, T(0));
+      st.n.assign(s.state_final[0] + r0, s.state_final[0] + r0 + R);
+      st.s1.assign(s.state_final[1] + lo, s.state_final[1] + hi);
+      st.s2.assign(s.state_final[2] + lo, s.state_final[2] + hi);
       st.ds1.assign(hi - lo, T(0));
       st.ds2.assign(hi - lo, T(0));
       if (s.dstate_out[1]) std::copy(s.dstate_out[1] + lo, s.dstate_out[1] + hi, st.ds1.begin());

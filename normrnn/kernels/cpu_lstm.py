@@ -199,7 +199,7 @@ def _shape(shape, dtype, present=True):
 def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
   """fused_lstm._forward's contract, computed by the C++ forward loop: ((h_T, c_T, the streaming
   sites' final sums), ys, moments), residuals (h_{t-1}, c_{t-1}, W_h h_{t-1} or None, the
-  streaming sites' sums entering every step)."""
+  streaming sites' final sums)."""
   h0, norm0 = carry0[0], carry0[2]
   dtype, (length, batch), hidden = h0.dtype, mask.shape, h0.shape[-1]
   widths = dict(input=4 * hidden, recurrent=4 * hidden, cell=hidden)
@@ -213,21 +213,20 @@ def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
           + [_shape((length, widths[s]), dtype, computes[s]) for s in SITES] * 2)
   args = _common_args(plan, p, carry0, inputs, mask, stats) + [
       _none(dtype) if probe is None else probe]
-  for s in SITES:  # streaming sites: final sums, and the sums entering each step (n, s1, s2)
+  for s in SITES:  # streaming sites: initial and final sums (n, s1, s2)
     on = s in streaming
     args += ([norm0[s]['n'][:, 0], norm0[s]['s1'], norm0[s]['s2']] if on
              else [_none(dtype)] * 3)
-    outs += ([_shape((batch,), dtype, on)] + [_shape((batch, widths[s]), dtype, on)] * 2
-             + [_shape((length, batch), dtype, on and residuals)]
-             + [_shape((length, batch, widths[s]), dtype, on and residuals)] * 2)
+    outs += [_shape((batch,), dtype, on)] + [_shape((batch, widths[s]), dtype, on)] * 2
   out = jax.ffi.ffi_call(_FORWARD, outs)(*args, **_attrs(plan, batch))
   h, c, ys, h_prev, c_prev, a_h = out[:6]
   count = jnp.sum(mask.astype(dtype), axis=1)
   moments = {s: dict(mean=out[6 + k], var=out[9 + k], count=count)
              for k, s in enumerate(SITES) if computes[s]}
-  at = lambda s, q: out[12 + 6 * SITES.index(s) + q]
+  at = lambda s, q: out[12 + 3 * SITES.index(s) + q]
   norm = {s: dict(n=at(s, 0)[:, None], s1=at(s, 1), s2=at(s, 2)) for s in streaming}
-  saved = {s: (at(s, 3), at(s, 4), at(s, 5)) for s in streaming}
+  # The backward walks the final sums back step by step (cpu_lstm.cc): no per-step copies.
+  saved = {s: (at(s, 0), at(s, 1), at(s, 2)) for s in streaming}
   return ((h, c, norm), ys, moments), (h_prev if residuals else None,
                                        c_prev if residuals else None,
                                        a_h if residuals and save else None,
@@ -252,7 +251,7 @@ def backward(plan, p, carry0, inputs, mask, stats, given, has_probe, residuals, 
           + [absent if v is None else v for v in (dh_T, dc_T, dys)]
           + [dmom[s]['mean'] if s in dmom else absent for s in SITES]
           + [dmom[s]['var'] if s in dmom else absent for s in SITES])
-  for s in SITES:  # streaming: saved sums, cotangents of the final sums (n has none)
+  for s in SITES:  # streaming: final sums, cotangents of the final sums (n has none)
     d = (dnorm_T or {}).get(s) or {}
     args += (list(saved[s]) if s in norm0 else [absent] * 3) + [
         absent if d.get(k) is None else d[k] for k in ('s1', 's2')]
