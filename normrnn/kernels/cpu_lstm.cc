@@ -392,6 +392,17 @@ void StreamBackward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, int t
   }
 }
 
+// Layer norm's statistics of one row of f features: its mean and 1 / sqrt(var + eps).
+template <typename T>
+inline void RowStats(const T* __restrict a, int f, T eps, T* mu, T* r) {
+  T m = 0, var = 0;
+  for (int j = 0; j < f; ++j) m += a[j];
+  m /= f;
+  for (int j = 0; j < f; ++j) var += (a[j] - m) * (a[j] - m);
+  *mu = m;
+  *r = T(1) / std::sqrt(var / f + eps);
+}
+
 // out = N(a) for step t on this thread's rows (`a`, `out`, `m` point at its first row). `n` =
 // max(valid rows of the whole batch, 1). BN in training without given statistics computes the
 // masked moments of the whole batch (two passes, as fused_lstm.py) and thread 0 writes them to
@@ -439,11 +450,8 @@ void SiteForward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, i
   for (int i = 0; i < b; ++i) {
     const T* __restrict ai = a + long(i) * f;
     T* __restrict oi = out + long(i) * f;
-    T mu = 0, var = 0;
-    for (int j = 0; j < f; ++j) mu += ai[j];
-    mu /= f;
-    for (int j = 0; j < f; ++j) var += (ai[j] - mu) * (ai[j] - mu);
-    const T ri = T(1) / std::sqrt(var / f + s.eps);
+    T mu, ri;
+    RowStats(ai, f, s.eps, &mu, &ri);
     for (int j = 0; j < f; ++j) oi[j] = gamma[j] * (ai[j] - mu) * ri + beta[j];
   }
 }
@@ -477,11 +485,8 @@ void SiteBackward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, 
       const T* __restrict ai = a + long(i) * f;
       const T* __restrict di = dout + long(i) * f;
       T* __restrict dai = da + long(i) * f;
-      T mu = 0, var = 0;
-      for (int j = 0; j < f; ++j) mu += ai[j];
-      mu /= f;
-      for (int j = 0; j < f; ++j) var += (ai[j] - mu) * (ai[j] - mu);
-      const T ri = T(1) / std::sqrt(var / f + s.eps);
+      T mu, ri;
+      RowStats(ai, f, s.eps, &mu, &ri);
       T mdy = 0, mdyy = 0;
       for (int j = 0; j < f; ++j) {
         const T y = (ai[j] - mu) * ri, dy = di[j] * gamma[j];
@@ -627,6 +632,32 @@ void Gates(int b, int h, const T* xn, const T* hn, const T* bias, const T* c_pre
     GateRow(h, xn + i * g, hn + i * g, bias, c_prev + i * long(h), acts + i * g, c + i * long(h));
 }
 
+// The activations of one step on this thread's rows, in the forward and again in the backward:
+// the input term (N_x(W_x x_t) from `x`, this step's rows of x_t [R, D], or `x` itself when the
+// cell hoisted it [R, G]), N_h of a_h = W_h h_{t-1}, the gates and c_t, N_c(c_t) into ch.
+template <typename T>
+struct Step {
+  Step(bool in_loop, int rows, int g, int h)
+      : ax(in_loop ? rows * g : 0), xn(in_loop ? rows * g : 0), hn(rows * g), acts(rows * g),
+        cn(rows * h), ch(rows * h) {}
+  std::vector<T> ax, xn, hn, acts, cn, ch;
+};
+
+template <typename T>
+void Activations(const Site<T> sites[3], Scratch<T>& w, Member<T>& me, int t, int batch,
+                 const Shape& sh, const T* x, const T* kx, const T* a_h, const T* bias,
+                 const T* c_prev, const float* m, T n, Step<T>& st) {
+  const T* xn = x;
+  if (sh.in_loop) {
+    Gemm(false, false, me.rows, sh.g, sh.d, x, kx, T(0), st.ax.data());
+    SiteForward(sites[0], 0, w, me, t, batch, st.ax.data(), m, n, st.xn.data());
+    xn = st.xn.data();
+  }
+  SiteForward(sites[1], 1, w, me, t, batch, a_h, m, n, st.hn.data());
+  Gates(me.rows, sh.h, xn, st.hn.data(), bias, c_prev, st.acts.data(), st.cn.data());
+  SiteForward(sites[2], 2, w, me, t, batch, st.cn.data(), m, n, st.ch.data());
+}
+
 template <typename T>
 T Count(const float* mt, int b) {
   T count = 0;
@@ -692,30 +723,24 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
     }
     std::vector<T> h(h0 + long(r0) * H, h0 + long(r0 + R) * H),
         c(c0 + long(r0) * H, c0 + long(r0 + R) * H);
-    std::vector<T> ax(sh.in_loop ? R * G : 0), xn(sh.in_loop ? R * G : 0), ah(R * G),
-        hn(R * G), acts(R * G), cn(R * H), ch(R * H);
+    Step<T> st(sh.in_loop, R, G, H);
+    std::vector<T> ah(R * G);
+    std::vector<T>& acts = st.acts;
+    std::vector<T>& cn = st.cn;
+    std::vector<T>& ch = st.ch;
     for (int t = 0; t < sh.t; ++t) {
       const float* mt = mask + long(t) * B;
       const T n = Count<T>(mt, B);
       const float* mr = mt + r0;  // this thread's rows
       const long row = long(t) * B + r0;
-      const T* xnt;
-      if (sh.in_loop) {
-        Gemm(false, false, R, G, D, inputs + row * D, kx, T(0), ax.data());
-        SiteForward(sites[0], 0, w, me, t, B, ax.data(), mr, n, xn.data());
-        xnt = xn.data();
-      } else {
-        xnt = inputs + row * G;
-      }
       if (h_save) {
         std::copy(h.begin(), h.end(), h_save + row * H);
         std::copy(c.begin(), c.end(), c_save + row * H);
       }
       T* aht = ah_save ? ah_save + row * G : ah.data();
       Gemm(false, false, R, G, H, h.data(), kh, T(0), aht);
-      SiteForward(sites[1], 1, w, me, t, B, aht, mr, n, hn.data());
-      Gates(R, H, xnt, hn.data(), bias, c.data(), acts.data(), cn.data());
-      SiteForward(sites[2], 2, w, me, t, B, cn.data(), mr, n, ch.data());
+      Activations(sites, w, me, t, B, sh, inputs + row * (sh.in_loop ? D : G), kx, aht, bias,
+                  c.data(), mr, n, st);
       for (int k = 0; k < R * H; ++k) ch[k] = std::tanh(ch[k]);
       T* yt = ys + row * H;
       for (int i = 0; i < R; ++i) {
@@ -850,9 +875,11 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     std::vector<T> hp_chunk(long(K) * R * H), x_chunk(sh.in_loop ? long(K) * R * D : 0),
         ah(ah_saved ? 0 : long(K) * R * G), dah(long(K) * R * G),
         dax(sh.in_loop ? long(K) * R * G : 0);
-    std::vector<T> ax(sh.in_loop ? R * G : 0), xn(sh.in_loop ? R * G : 0), hn(R * G),
-        acts(R * G), cn(R * H), ch(R * H), tau(R * H), dhn(R * H), dhh(R * H), dch(R * H),
-        dcc(R * H), dpre(R * G);
+    Step<T> st(sh.in_loop, R, G, H);
+    std::vector<T>& acts = st.acts;
+    std::vector<T>& cn = st.cn;
+    std::vector<T>& ch = st.ch;
+    std::vector<T> tau(R * H), dhn(R * H), dhh(R * H), dch(R * H), dcc(R * H), dpre(R * G);
     for (int t1 = sh.t; t1 > 0; t1 -= K) {
       const int t0 = std::max(0, t1 - K);
       for (int t = t0; t < t1; ++t) {
@@ -870,18 +897,9 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         const long row = long(t) * B + r0;
         const T* cp = c_prev + row * H;
         // The step's activations again, with the statistics the forward normalized with.
-        const T* xnt;
-        if (sh.in_loop) {
-          Gemm(false, false, R, G, D, x_chunk.data() + long(t - t0) * R * D, kx, T(0), ax.data());
-          SiteForward(sites[0], 0, w, me, t, B, ax.data(), mr, n, xn.data());
-          xnt = xn.data();
-        } else {
-          xnt = inputs + row * G;
-        }
         const T* aht = ah_saved ? ah_saved + row * G : ah.data() + long(t - t0) * R * G;
-        SiteForward(sites[1], 1, w, me, t, B, aht, mr, n, hn.data());
-        Gates(R, H, xnt, hn.data(), bias, cp, acts.data(), cn.data());
-        SiteForward(sites[2], 2, w, me, t, B, cn.data(), mr, n, ch.data());
+        const T* x = sh.in_loop ? x_chunk.data() + long(t - t0) * R * D : inputs + row * G;
+        Activations(sites, w, me, t, B, sh, x, kx, aht, bias, cp, mr, n, st);
         // Back through the output and the hold of padded steps.
         for (int k = 0; k < R * H; ++k) tau[k] = std::tanh(ch[k]);
         if (dys)
@@ -933,7 +951,7 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         for (int k = 0; k < R * H; ++k) dh[k] += dhh[k];
         if (sh.in_loop) {
           T* daxt = dax.data() + long(t - t0) * R * G;
-          SiteBackward(sites[0], 0, w, me, t, train, ax.data(), mr, n, dpre.data(), daxt);
+          SiteBackward(sites[0], 0, w, me, t, train, st.ax.data(), mr, n, dpre.data(), daxt);
           if (dx) Gemm(false, true, R, D, G, daxt, kx, T(0), dx + row * D);
         } else if (dx) {
           std::copy(dpre.begin(), dpre.end(), dx + row * G);
@@ -981,60 +999,57 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
-                          int64_t kind_recurrent, int64_t kind_cell, double eps, double lam,
-                          int64_t threads, int64_t chunk) {
+// The checks both handlers make, then fn(T()) with T the float type of the arguments.
+template <typename Fn>
+ffi::Error ByDtype(const ffi::RemainingArgs& args, Fn fn) {
   if (g_sgemm == nullptr) return ffi::Error::Internal("normrnn cpu kernel: BLAS not set");
-  const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
   auto kh = args.get<ffi::AnyBuffer>(0);
   if (!kh.has_value()) return ffi::Error::InvalidArgument("normrnn cpu kernel: no arguments");
   switch (kh->element_type()) {
-    case ffi::DataType::F32: return Forward<float>(args, rets, kinds, eps, lam, threads);
-    case ffi::DataType::F64: return Forward<double>(args, rets, kinds, eps, lam, threads);
+    case ffi::DataType::F32: return fn(float());
+    case ffi::DataType::F64: return fn(double());
     default: return ffi::Error::InvalidArgument("normrnn cpu kernel: float32 or float64 only");
   }
+}
+
+ffi::Error ForwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
+                          int64_t kind_recurrent, int64_t kind_cell, double eps, double lam,
+                          int64_t threads, int64_t /*chunk: the backward's*/) {
+  const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
+  return ByDtype(args, [&](auto zero) {
+    return Forward<decltype(zero)>(args, rets, kinds, eps, lam, threads);
+  });
 }
 
 ffi::Error BackwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
                            int64_t kind_recurrent, int64_t kind_cell, double eps, double lam,
                            int64_t threads, int64_t chunk, int64_t train) {
-  if (g_sgemm == nullptr) return ffi::Error::Internal("normrnn cpu kernel: BLAS not set");
   const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
-  auto kh = args.get<ffi::AnyBuffer>(0);
-  if (!kh.has_value()) return ffi::Error::InvalidArgument("normrnn cpu kernel: no arguments");
-  switch (kh->element_type()) {
-    case ffi::DataType::F32: return Backward<float>(args, rets, kinds, eps, lam, train != 0, threads, chunk);
-    case ffi::DataType::F64: return Backward<double>(args, rets, kinds, eps, lam, train != 0, threads, chunk);
-    default: return ffi::Error::InvalidArgument("normrnn cpu kernel: float32 or float64 only");
-  }
+  return ByDtype(args, [&](auto zero) {
+    return Backward<decltype(zero)>(args, rets, kinds, eps, lam, train != 0, threads, chunk);
+  });
+}
+
+// The arguments, results and attributes both handlers take (cpu_lstm.py passes the same
+// attributes to both); the backward adds `train`.
+auto Binding() {
+  return ffi::Ffi::Bind()
+      .RemainingArgs()
+      .RemainingRets()
+      .Attr<int64_t>("kind_input")
+      .Attr<int64_t>("kind_recurrent")
+      .Attr<int64_t>("kind_cell")
+      .Attr<double>("eps")
+      .Attr<double>("lam")
+      .Attr<int64_t>("threads")
+      .Attr<int64_t>("chunk");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NormrnnLstmForward, ForwardHandler,
-                              ffi::Ffi::Bind()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("kind_input")
-                                  .Attr<int64_t>("kind_recurrent")
-                                  .Attr<int64_t>("kind_cell")
-                                  .Attr<double>("eps")
-                                  .Attr<double>("lam")
-                                  .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("chunk"));
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NormrnnLstmForward, ForwardHandler, Binding());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NormrnnLstmBackward, BackwardHandler,
-                              ffi::Ffi::Bind()
-                                  .RemainingArgs()
-                                  .RemainingRets()
-                                  .Attr<int64_t>("kind_input")
-                                  .Attr<int64_t>("kind_recurrent")
-                                  .Attr<int64_t>("kind_cell")
-                                  .Attr<double>("eps")
-                                  .Attr<double>("lam")
-                                  .Attr<int64_t>("threads")
-                                  .Attr<int64_t>("chunk")
-                                  .Attr<int64_t>("train"));
+                              Binding().Attr<int64_t>("train"));
 
 // Called once from Python with the addresses of cblas_sgemm and cblas_dgemm (of a BLAS that
 // this library's own threads call concurrently, each single-threaded).
