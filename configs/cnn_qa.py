@@ -110,11 +110,7 @@ def get_config(arg=None, *, task='cnn_qa', default_size='paper', sizes_allowed=b
       optimizer=build.optimizer_section('adam', sizes['lr']),
       train=build.train_section(num_steps=sizes['steps'], log_every=sizes['log'],
                                 eval_every=sizes['every'], checkpoint_every=sizes['every']),
-      eval_=build.eval_section(select_metric=select, modes=modes,
-                               eval_batches=sizes['eval_batches'],
-                               reestimate_batches=sizes['reest'][0],
-                               reestimate_batch_size=sizes['reest'][1],
-                               val_reestimate_batches=sizes['val_reest']),
+      eval_=build.eval_section_from_sizes(sizes, select_metric=select, modes=modes),
       wandb_group=f'cooijmans2016/{task}')
   config.optimizer.clip_norm = 10.0  # App. B (the other tasks clip at 1.0)
   # The variant is a row of Table 4 / Fig. 3: tag it, so that runs can be told apart.

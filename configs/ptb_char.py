@@ -60,12 +60,8 @@ def get_config(arg=None, *, task='ptb_char', paper_row='Table 2, PTB', text8=Fal
       optimizer=build.optimizer_section('adam', sizes['lr']),
       train=build.train_section(num_steps=sizes['steps'], log_every=min(50, sizes['every']),
                                 eval_every=sizes['every'], checkpoint_every=sizes['every']),
-      eval_=build.eval_section(select_metric=select, modes=modes,
-                               eval_batches=sizes['eval_batches'],
-                               reestimate_batches=sizes['reest'][0],
-                               reestimate_batch_size=sizes['reest'][1],
-                               val_reestimate_batches=sizes['val_reest'],
-                               full_stream=a.size != 'smoke' and not text8),
+      eval_=build.eval_section_from_sizes(sizes, select_metric=select, modes=modes,
+                                          full_stream=a.size != 'smoke' and not text8),
       wandb_group=f'cooijmans2016/{task}')
 
 

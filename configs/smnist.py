@@ -57,11 +57,7 @@ def get_config(arg=None, *, pixel_order='scanline', task='smnist',
       optimizer=build.optimizer_section('rmsprop', 1e-3),
       train=build.train_section(num_steps=sizes['steps'], log_every=min(50, sizes['every']),
                                 eval_every=sizes['every'], checkpoint_every=sizes['every']),
-      eval_=build.eval_section(select_metric=select, modes=modes,
-                               eval_batches=sizes['eval_batches'],
-                               reestimate_batches=sizes['reest'][0],
-                               reestimate_batch_size=sizes['reest'][1],
-                               val_reestimate_batches=sizes['val_reest']),
+      eval_=build.eval_section_from_sizes(sizes, select_metric=select, modes=modes),
       wandb_group=f'cooijmans2016/{task}')
 
 

@@ -188,6 +188,17 @@ def eval_section(*, select_metric: str, eval_batches: int, reestimate_batches: i
   ))
 
 
+def eval_section_from_sizes(sizes: dict, **options):
+  """`eval_section` from a config's chosen entry of its per-size table: `sizes['eval_batches']`,
+  `sizes['reest']` = (reestimate_batches, reestimate_batch_size) and `sizes['val_reest']`
+  (val_reestimate_batches). `options`: eval_section's other arguments (select_metric, modes,
+  full_stream)."""
+  reestimate_batches, reestimate_batch_size = sizes['reest']
+  return eval_section(eval_batches=sizes['eval_batches'], reestimate_batches=reestimate_batches,
+                      reestimate_batch_size=reestimate_batch_size,
+                      val_reestimate_batches=sizes['val_reest'], **options)
+
+
 def wandb_section(*, group: str, tags=()):
   return ml_collections.ConfigDict(dict(
       mode='disabled',       # 'disabled' | 'offline' | 'online' (online falls back to offline)
