@@ -1,5 +1,6 @@
 """Small builders shared by the tests."""
 import importlib.util
+import types
 from pathlib import Path
 
 import jax
@@ -10,16 +11,22 @@ import numpy as np
 from normrnn import cells, recurrent
 from normrnn.config import load_config_module
 from normrnn.norms import NORMS
+from tests.numpy_reference import LSTMReference
 
 EPS = 1e-5
 LAM = 0.3
 RATE = 0.1
 
 
+def _scheme(scheme):
+  """A registered scheme's name, or a Scheme (e.g. a per-site composite of `norms.compose`)."""
+  return NORMS[scheme] if isinstance(scheme, str) else scheme
+
+
 def options(scheme):
   # The scheme's declared gain (0.1 BN-type, 1.0 otherwise) and the test values of its options.
   values = {'streaming_mix': LAM}
-  s = NORMS[scheme]
+  s = _scheme(scheme)
   return s.make_options(eps=EPS, **{o.name: values[o.name] for o in s.options if o.name in values})
 
 
@@ -27,10 +34,27 @@ def make_layer(scheme, *, train, hidden=3, features=2, t_max=5, reverse=False, c
                recurrent_init='orthogonal', unroll=1, remat=False, h0_noise=0.0,
                hoist_input=True, kernel='scan'):
   cell_cls = cells.get_cell(cell)
-  c = cell_cls(hidden, features, NORMS[scheme], options(scheme), recurrent_init, 1.0, h0_noise,
+  c = cell_cls(hidden, features, _scheme(scheme), options(scheme), recurrent_init, 1.0, h0_noise,
                train, hoist_input)
   return recurrent.Recurrent(c, max_time_steps=t_max, stats_rate=RATE, reverse=reverse,
                              unroll=unroll, remat=remat, kernel=kernel)
+
+
+def setup(scheme, x, mask, *, train, seed=0, **layer):
+  """A `make_layer` layer (`layer`: its further arguments) initialized on `x`, `mask`, with its
+  parameters moved off their init and random population tables: (layer, params, tables)."""
+  layer = make_layer(scheme, train=train, **layer)
+  variables = layer.init(jax.random.PRNGKey(seed), x, mask)
+  params = perturb_params(variables['params'], jax.random.PRNGKey(seed + 1))
+  tables = random_tables(variables.get('batch_stats', {}), jax.random.PRNGKey(seed + 2))
+  return layer, params, tables
+
+
+def reference(params, tables, scheme, *, t_max=5, kinds=None, cls=LSTMReference):
+  """The numpy reference (tests/numpy_reference.py) of a `setup` layer with these parameters and
+  tables; `kinds`: what each site does where `scheme` (a name) does not say it (composites)."""
+  return cls(to_numpy(params['cell']), scheme, eps=EPS, lam=LAM, tables=to_numpy(tables),
+             max_time_steps=t_max, kinds=kinds)
 
 
 def check_gradients(scheme, *, cell='lstm', **layer):
@@ -86,11 +110,37 @@ def data(batch=4, length=5, features=2, seed=0, lengths=None):
   return jnp.asarray(x), jnp.asarray(mask)
 
 
+def pad_with_garbage(x, mask, steps=3, seed=1):
+  """`x`, `mask` with `steps` more time steps of large random inputs, all masked out."""
+  rng = np.random.default_rng(seed)
+  batch, _, features = x.shape
+  x_pad = jnp.concatenate(
+      [x, jnp.asarray(rng.normal(size=(batch, steps, features)) * 50, jnp.float32)], 1)
+  return x_pad, jnp.concatenate([mask, jnp.zeros((batch, steps))], 1)
+
+
 def to_numpy(tree):
   return jax.tree.map(np.asarray, tree)
 
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / 'shared' / 'data'  # the real data sets, where present
+
+
+def data_cfg(**overrides):
+  """A data config with exactly the fields make_task reads (attribute access, no defaults):
+  the digits task's, `overrides` replacing some."""
+  fields = dict(name='digits', dir='', source='files', download=False, pixel_order='scanline',
+                permutation_seed=1, seq_len=64, batch_size=8, eval_batch_size=7,
+                relevant_sentences=0, max_vocab=0)
+  fields.update(overrides)
+  return types.SimpleNamespace(**fields)
+
+
+def mikolov_chars(sentences) -> str:
+  """Sentences (lists of words) in Mikolov's PTB char format: ' c h a r s _ w o r d s ' plus a
+  newline each."""
+  return ''.join(' ' + ' '.join('_'.join(words)) + ' \n' for words in sentences)
 
 
 def config_module(task: str):

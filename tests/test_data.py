@@ -8,7 +8,6 @@ import json
 import socket
 import tarfile
 import time
-import types
 import zipfile
 from pathlib import Path
 
@@ -17,8 +16,10 @@ import pytest
 
 from normrnn.data import TASK_NAMES, DataError, make_task
 from normrnn.data import files, mnist, text
+from tests import helpers
+from tests.helpers import data_cfg
 
-SHARED = Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+SHARED = helpers.SHARED_DATA
 N_TRAIN_FIXTURE, N_TEST_FIXTURE = 60, 20
 
 
@@ -55,11 +56,9 @@ def mikolov_text(n_lines: int, seed: int) -> str:
   """Lines in Mikolov's char format: ' c h a r s _ w o r d s ' plus a newline."""
   rng = np.random.default_rng(seed)
   letters = list('abcdefghijklmnopqrstuvwxyz') + ['N', "'", '$', '<', '>', '\\', '#', '0', '9']
-  lines = []
-  for _ in range(n_lines):
-    words = [''.join(rng.choice(letters, rng.integers(1, 8))) for _ in range(rng.integers(3, 12))]
-    lines.append(' ' + ' '.join('_'.join(words)) + ' \n')
-  return ''.join(lines)
+  return helpers.mikolov_chars(
+      [''.join(rng.choice(letters, rng.integers(1, 8))) for _ in range(rng.integers(3, 12))]
+      for _ in range(n_lines))
 
 
 @pytest.fixture
@@ -85,15 +84,6 @@ def text8_dir(tmp_path) -> Path:
   content = bytes(rng.choice(list(b' abcdefghijklmnopqrstuvwxyz'), 20_000).tolist())
   text8_zip(d / 'text8.zip', content)
   return d
-
-
-def data_cfg(**overrides):
-  """A data config with exactly the fields make_task reads (attribute access, no defaults)."""
-  fields = dict(name='digits', dir='', source='files', download=False, pixel_order='scanline',
-                permutation_seed=1, seq_len=64, batch_size=8, eval_batch_size=7,
-                relevant_sentences=0, max_vocab=0)
-  fields.update(overrides)
-  return types.SimpleNamespace(**fields)
 
 
 def decode(tokens, vocab) -> str:

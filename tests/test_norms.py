@@ -8,7 +8,7 @@ import pytest
 
 from normrnn.norms import NORMS, NormOptions, get_scheme
 from tests import helpers
-from tests.numpy_reference import SITE_KIND, LSTMReference
+from tests.numpy_reference import SITE_KIND
 
 SCHEMES = list(NORMS)
 TOL = dict(rtol=2e-4, atol=2e-5)
@@ -18,30 +18,15 @@ def test_reference_covers_every_scheme():
   assert set(SITE_KIND) == set(NORMS)
 
 
-def _setup(scheme, *, train, t_max=5, reverse=False, x_mask=None, seed=0):
-  x, mask = x_mask if x_mask is not None else helpers.data()
-  layer = helpers.make_layer(scheme, train=train, t_max=t_max, reverse=reverse)
-  variables = layer.init(jax.random.PRNGKey(seed), x, mask)
-  params = helpers.perturb_params(variables['params'], jax.random.PRNGKey(seed + 1))
-  tables = helpers.random_tables(variables.get('batch_stats', {}), jax.random.PRNGKey(seed + 2))
-  return layer, x, mask, params, tables
-
-
-def _reference(scheme, params, tables, t_max=5):
-  return LSTMReference(helpers.to_numpy(params['cell']), scheme, eps=helpers.EPS,
-                       lam=helpers.LAM, tables=helpers.to_numpy(tables), max_time_steps=t_max)
-
-
 @pytest.mark.parametrize('scheme', SCHEMES)
 @pytest.mark.parametrize('train', [True, False])
 @pytest.mark.parametrize('masked, reverse', [(False, False), (True, False), (True, True)])
 def test_scheme_matches_numpy_reference(scheme, train, masked, reverse):
-  lengths = [5, 3, 1, 4] if masked else None
-  layer, x, mask, params, tables = _setup(
-      scheme, train=train, reverse=reverse, x_mask=helpers.data(lengths=lengths))
+  x, mask = helpers.data(lengths=[5, 3, 1, 4] if masked else None)
+  layer, params, tables = helpers.setup(scheme, x, mask, train=train, reverse=reverse)
   (y, carry), updated = layer.apply({'params': params, 'batch_stats': tables}, x, mask,
                                     mutable=['batch_stats'])
-  ref = _reference(scheme, params, tables)
+  ref = helpers.reference(params, tables, scheme)
   y_ref, h_ref = ref.run(x, mask, train=train, reverse=reverse)
   np.testing.assert_allclose(y, y_ref, **TOL)
   if not reverse:
@@ -61,11 +46,11 @@ def test_scheme_matches_numpy_reference(scheme, train, masked, reverse):
 def test_eval_three_times_longer_than_training_uses_last_step_stats(scheme):
   t_max = 5
   x, mask = helpers.data(length=3 * t_max, seed=3)
-  layer, _, _, params, tables = _setup(scheme, train=False, t_max=t_max, x_mask=(x, mask))
+  layer, params, tables = helpers.setup(scheme, x, mask, train=False, t_max=t_max)
   y, _ = layer.apply({'params': params, 'batch_stats': tables}, x, mask)
   assert y.shape == (4, 15, 3)
   assert bool(jnp.all(jnp.isfinite(y)))
-  y_ref, _ = _reference(scheme, params, tables, t_max=t_max).run(x, mask, train=False)
+  y_ref, _ = helpers.reference(params, tables, scheme, t_max=t_max).run(x, mask, train=False)
   np.testing.assert_allclose(y, y_ref, **TOL)
   if NORMS[scheme].recurrent.stats_kind == 'per_step':
     # Changing the table rows < T_max - 1 must not change steps >= T_max through their stats:
@@ -79,7 +64,7 @@ def test_eval_three_times_longer_than_training_uses_last_step_stats(scheme):
 @pytest.mark.parametrize('scheme', SCHEMES)
 def test_batch_size_one_eval_equals_row_of_full_batch(scheme):
   x, mask = helpers.data(batch=4, seed=5)
-  layer, _, _, params, tables = _setup(scheme, train=False, x_mask=(x, mask))
+  layer, params, tables = helpers.setup(scheme, x, mask, train=False)
   variables = {'params': params, 'batch_stats': tables}
   y_all, _ = layer.apply(variables, x, mask)
   y_one, _ = layer.apply(variables, x[2:3], mask[2:3])
@@ -105,9 +90,7 @@ def test_masked_padding_leaves_statistics_of_unpadded_batch():
   the same running statistics as the unpadded batch; padded steps' table rows are untouched."""
   for scheme in ('batch', 'sequence', 'streaming', 'batch_input'):
     x, mask = helpers.data(batch=4, length=4, seed=7)
-    rng = np.random.default_rng(1)
-    x_pad = jnp.concatenate([x, jnp.asarray(rng.normal(size=(4, 3, 2)) * 50, jnp.float32)], 1)
-    mask_pad = jnp.concatenate([mask, jnp.zeros((4, 3))], 1)
+    x_pad, mask_pad = helpers.pad_with_garbage(x, mask)
     layer = helpers.make_layer(scheme, train=True, t_max=7)
     variables = layer.init(jax.random.PRNGKey(0), x_pad, mask_pad)
     (y_pad, _), st_pad = layer.apply(variables, x_pad, mask_pad, mutable=['batch_stats'])

@@ -10,37 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normrnn import NormRNN, cells, experiment, models, recurrent
+from normrnn import NormRNN, experiment, models
 from normrnn.config import build
 from normrnn.config import schema as config_schema
 from normrnn.norms import NORMS, compose, register, site_pairs, unregister, valid_at
 from normrnn.norms.batch import BatchStep
 from normrnn.norms.sequence import BatchSequence
 from tests import helpers
-from tests.numpy_reference import BN_E_STAR, GRUReference, LSTMReference
+from tests.numpy_reference import BN_E_STAR, GRUReference
 
 TOL = dict(rtol=2e-4, atol=2e-5)
 BN_E = compose('batch', input='sequence')
-
-
-def _layer(scheme, *, train, t_max=5, reverse=False, cell='lstm', hoist_input=True):
-  options = scheme.make_options(eps=helpers.EPS, **({'streaming_mix': helpers.LAM}
-                                                    if scheme.options else {}))
-  c = cells.get_cell(cell)(3, 2, scheme, options, 'orthogonal', 1.0, 0.0, train, hoist_input)
-  return recurrent.Recurrent(c, max_time_steps=t_max, stats_rate=helpers.RATE, reverse=reverse)
-
-
-def _setup(scheme, x, mask, *, train, t_max=5, reverse=False, cell='lstm', seed=0):
-  layer = _layer(scheme, train=train, t_max=t_max, reverse=reverse, cell=cell)
-  variables = layer.init(jax.random.PRNGKey(seed), x, mask)
-  params = helpers.perturb_params(variables['params'], jax.random.PRNGKey(seed + 1))
-  tables = helpers.random_tables(variables.get('batch_stats', {}), jax.random.PRNGKey(seed + 2))
-  return layer, params, tables
-
-
-def _reference(params, tables, kinds, *, t_max=5, name='batch', cls=LSTMReference):
-  return cls(helpers.to_numpy(params['cell']), name, eps=helpers.EPS, lam=helpers.LAM,
-             tables=helpers.to_numpy(tables), max_time_steps=t_max, kinds=kinds)
 
 
 def test_bn_e_star_is_derived_from_the_registry():
@@ -96,10 +76,10 @@ def test_whole_sequence_modules_only_at_the_input_site():
 @pytest.mark.parametrize('masked, reverse', [(False, False), (True, False), (True, True)])
 def test_bn_e_star_matches_numpy_reference(train, masked, reverse):
   x, mask = helpers.data(lengths=[5, 3, 1, 4] if masked else None)
-  layer, params, tables = _setup(BN_E, x, mask, train=train, reverse=reverse)
+  layer, params, tables = helpers.setup(BN_E, x, mask, train=train, reverse=reverse)
   (y, carry), updated = layer.apply({'params': params, 'batch_stats': tables}, x, mask,
                                     mutable=['batch_stats'])
-  ref = _reference(params, tables, BN_E_STAR)
+  ref = helpers.reference(params, tables, 'batch', kinds=BN_E_STAR)
   y_ref, h_ref = ref.run(x, mask, train=train, reverse=reverse)
   np.testing.assert_allclose(y, y_ref, **TOL)
   if not reverse:
@@ -121,10 +101,10 @@ def test_other_composites_match_numpy_reference(name, sites, kinds):
   x, mask = helpers.data(lengths=[5, 3, 2, 4])
   scheme = compose(name, **sites)
   for train in (True, False):
-    layer, params, tables = _setup(scheme, x, mask, train=train)
+    layer, params, tables = helpers.setup(scheme, x, mask, train=train)
     (y, _), updated = layer.apply({'params': params, 'batch_stats': tables}, x, mask,
                                   mutable=['batch_stats'])
-    ref = _reference(params, tables, kinds, name=name)
+    ref = helpers.reference(params, tables, name, kinds=kinds)
     np.testing.assert_allclose(y, ref.run(x, mask, train=train)[0], err_msg=str(train), **TOL)
     if train:
       expected = ref.updated_tables(helpers.RATE, x.shape[1])
@@ -137,10 +117,10 @@ def test_every_site_replaced_equals_that_scheme():
   with all three sites streaming is the streaming scheme."""
   x, mask = helpers.data(lengths=[5, 3, 2, 4])
   everywhere = compose('none', input='streaming', recurrent='streaming', cell='streaming')
-  layer, params, tables = _setup(everywhere, x, mask, train=True)
+  layer, params, tables = helpers.setup(everywhere, x, mask, train=True)
   variables = {'params': params, 'batch_stats': tables}
   a = layer.apply(variables, x, mask, mutable=['batch_stats'])
-  b = _layer(NORMS['streaming'], train=True).apply(variables, x, mask, mutable=['batch_stats'])
+  b = helpers.make_layer('streaming', train=True).apply(variables, x, mask, mutable=['batch_stats'])
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), a, b)
 
 
@@ -149,10 +129,8 @@ def test_input_statistics_exclude_padded_frames():
   gives the outputs and population tables of the unpadded batch (padded per-step rows untouched),
   and the input table moves toward the masked moments of W_x x_t."""
   x, mask = helpers.data(batch=4, length=4, seed=7, lengths=[4, 2, 3, 1])
-  rng = np.random.default_rng(1)
-  x_pad = jnp.concatenate([x, jnp.asarray(rng.normal(size=(4, 3, 2)) * 50, jnp.float32)], 1)
-  mask_pad = jnp.concatenate([mask, jnp.zeros((4, 3))], 1)
-  layer = _layer(BN_E, train=True, t_max=7)
+  x_pad, mask_pad = helpers.pad_with_garbage(x, mask)
+  layer = helpers.make_layer(BN_E, train=True, t_max=7)
   variables = layer.init(jax.random.PRNGKey(0), x_pad, mask_pad)
   (y_pad, _), st_pad = layer.apply(variables, x_pad, mask_pad, mutable=['batch_stats'])
   (y, _), st = layer.apply(variables, x, mask, mutable=['batch_stats'])
@@ -172,17 +150,18 @@ def test_input_statistics_exclude_padded_frames():
 def test_eval_longer_than_training_batch_size_one_and_hoisting():
   t_max = 5
   x, mask = helpers.data(length=3 * t_max, seed=3, lengths=[15, 9, 12, 4])
-  layer, params, tables = _setup(BN_E, x, mask, train=False, t_max=t_max)
+  layer, params, tables = helpers.setup(BN_E, x, mask, train=False, t_max=t_max)
   variables = {'params': params, 'batch_stats': tables}
   y, _ = layer.apply(variables, x, mask)
-  y_ref, _ = _reference(params, tables, BN_E_STAR, t_max=t_max).run(x, mask, train=False)
+  y_ref, _ = helpers.reference(params, tables, 'batch', t_max=t_max, kinds=BN_E_STAR).run(
+      x, mask, train=False)
   np.testing.assert_allclose(y, y_ref, **TOL)
   y_one, _ = layer.apply(variables, x[2:3], mask[2:3])  # population statistics: per example
   np.testing.assert_allclose(y_one[0], y[2], **TOL)
   # The sequence-wise input site is always hoisted; the in-step form gives the same values.
-  in_step = _layer(BN_E, train=True, hoist_input=False)
+  in_step = helpers.make_layer(BN_E, train=True, hoist_input=False)
   x5, m5 = helpers.data(lengths=[5, 3, 1, 4])
-  a = _layer(BN_E, train=True).apply(variables, x5, m5, mutable=['batch_stats'])
+  a = helpers.make_layer(BN_E, train=True).apply(variables, x5, m5, mutable=['batch_stats'])
   b = in_step.apply(variables, x5, m5, mutable=['batch_stats'])
   jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), a, b)
 
@@ -190,7 +169,7 @@ def test_eval_longer_than_training_batch_size_one_and_hoisting():
 def test_batch_size_one_is_refused_in_training():
   x, mask = helpers.data(batch=1)
   with pytest.raises(ValueError, match='batch size 1'):
-    _layer(BN_E, train=True).init(jax.random.PRNGKey(0), x, mask)
+    helpers.make_layer(BN_E, train=True).init(jax.random.PRNGKey(0), x, mask)
   config = helpers.config_module('ptb_char').get_config('norm=none,size=smoke')
   config.model.norm.input = 'sequence'
   config.data.batch_size = 1
@@ -201,10 +180,10 @@ def test_batch_size_one_is_refused_in_training():
 
 def test_gru_bn_e_star_matches_numpy_reference():
   x, mask = helpers.data(lengths=[5, 3, 1, 4])
-  layer, params, tables = _setup(BN_E, x, mask, train=True, cell='gru')
+  layer, params, tables = helpers.setup(BN_E, x, mask, train=True, cell='gru')
   (y, _), _ = layer.apply({'params': params, 'batch_stats': tables}, x, mask,
                           mutable=['batch_stats'])
-  ref = _reference(params, tables, BN_E_STAR, cls=GRUReference)
+  ref = helpers.reference(params, tables, 'batch', kinds=BN_E_STAR, cls=GRUReference)
   np.testing.assert_allclose(y, ref.run(x, mask, train=True)[0], **TOL)
 
 

@@ -3,12 +3,12 @@ real DeepMind Q&A format, the vocabulary, the 4-sentence selection, entity re-nu
 batches, the offline error, and the CPU-scale PTB cloze task (small text and the real file)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import tarfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +16,9 @@ import pytest
 
 from normrnn.data import DataError, cloze, cnn_qa, make_task, qa, qa_corpus, tasks
 from normrnn.data.qa_corpus import FIRST_ENTITY, PAD, UNK
+from tests import helpers
 
-SHARED_PTB = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'ptb_char'
+SHARED_PTB = helpers.SHARED_DATA / 'ptb_char'
 WORDS = ('the a of to in said on was bridge mayor city police court vote bill plan money report '
          'after new state').split()
 SPLIT_DIRS = ('training', 'validation', 'test')
@@ -74,12 +75,8 @@ def cnn_dir(tmp_path):
   return root, write_cnn(root)
 
 
-def data_cfg(**overrides):
-  fields = dict(name='cnn_qa', dir='', source='files', download=False, pixel_order='scanline',
-                permutation_seed=1, seq_len=500, batch_size=8, eval_batch_size=5,
-                relevant_sentences=0, max_vocab=0)
-  fields.update(overrides)
-  return types.SimpleNamespace(**fields)
+# helpers.data_cfg with the CNN task's defaults (arguments replace them).
+data_cfg = functools.partial(helpers.data_cfg, name='cnn_qa', seq_len=500, eval_batch_size=5)
 
 
 def cnn_task(root, **overrides) -> qa.QATask:
@@ -449,10 +446,6 @@ def test_baseline_accuracies_match_a_plain_computation(cnn_dir):
 
 # --- the CPU-scale cloze task -------------------------------------------------------------------
 
-def mikolov(sentences) -> str:
-  return ''.join(' ' + ' '.join('_'.join(s.split())) + ' \n' for s in sentences)
-
-
 def test_cloze_construction_on_a_small_text(tmp_path):
   rng = np.random.default_rng(0)
   nouns = ['market', 'stock', 'bank', 'price', 'trade', 'fund']
@@ -460,7 +453,7 @@ def test_cloze_construction_on_a_small_text(tmp_path):
                     [str(rng.choice(nouns)), 'the'])
            for _ in range(200)]
   path = tmp_path / 'small.txt'
-  path.write_text(mikolov(lines))
+  path.write_text(helpers.mikolov_chars(line.split() for line in lines))
   sentences = cloze.read_sentences(path)
   assert sentences[0] == lines[0].split()
   corpus, entities = cloze.build_cloze(sentences, num_entities=4, sentences_per_document=3)
