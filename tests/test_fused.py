@@ -113,17 +113,22 @@ def test_equals_scan(kernel, scheme, train, settings, monkeypatch):
     _assert_equal(_run(scheme, kernel, train=train, **settings))
 
 
-@pytest.mark.parametrize('scheme, train', [('batch', True), ('batch', False), ('layer', True)])
-def test_cpu_kernel_threads(scheme, train, monkeypatch):
+@pytest.mark.parametrize('scheme, train, remat', [
+    ('batch', True, True), ('batch', False, True), ('layer', True, True), ('none', True, False)])
+@pytest.mark.parametrize('split', ['rows', 'columns'])
+def test_cpu_kernel_threads(split, scheme, train, remat, monkeypatch):
   """The C++ kernel with the batch of 4 split over 3 threads (rows 1 / 1 / 2): BN's batch sums
-  meet across threads, each thread keeps its own parameter cotangents."""
+  meet across threads, each thread keeps its own parameter cotangents. Split by columns, the
+  recurrent matmuls (forward, dL/dh, dW_h; W_h h_{t-1} recomputed or saved) are too: 4 / 4 / 4
+  of W_h's 12 columns, 1 / 1 / 1 of its 3 rows."""
   _needs_cpu_kernel()
   monkeypatch.setenv('NORMRNN_CPU_THREADS', '3')
-  assert cpu_lstm.threads(4) == 3
+  monkeypatch.setenv('NORMRNN_CPU_SPLIT', split)
+  assert cpu_lstm.threads(4) == 3 and cpu_lstm.columns(4, 3) == (split == 'columns')
   monkeypatch.setattr(fused_lstm, 'MAX_CHUNK', 2)
   monkeypatch.setattr(cpu_lstm, 'MIN_GRAD_ROWS', 1)  # the C++ backward's chunks = the plan's
   with jax.enable_x64(True):
-    _assert_equal(_run(scheme, 'cpu', train=train, hoist_input=False, remat=True, probe=True,
+    _assert_equal(_run(scheme, 'cpu', train=train, hoist_input=False, remat=remat, probe=True,
                        use_moments=train and scheme == 'batch', length=7, t_max=7))
 
 
@@ -271,8 +276,18 @@ def test_cpu_kernel_refusals(monkeypatch):
   monkeypatch.setenv('NORMRNN_CPU_THREADS', '2')
   plan = fused_lstm.Plan(input=None, recurrent='batch', cell='batch', train=True, eps=1e-5,
                          remat=False, unroll=1, chunk=2)
-  assert cpu_lstm._attrs(plan, 64)['chunk'] == 8
-  assert cpu_lstm._attrs(dataclasses.replace(plan, chunk=16), 64)['chunk'] == 16
+  assert cpu_lstm._attrs(plan, 64, 100)['chunk'] == 8
+  assert cpu_lstm._attrs(dataclasses.replace(plan, chunk=16), 64, 100)['chunk'] == 16
+  # The recurrent matmuls split by columns from MIN_COLUMN_HIDDEN on (PTB, not sMNIST); their
+  # dW_h matmuls then cover all 64 rows of a step: 4 steps make 256 rows.
+  monkeypatch.delenv('NORMRNN_CPU_SPLIT', raising=False)
+  assert cpu_lstm.columns(64, 1000) and not cpu_lstm.columns(64, 100)
+  assert cpu_lstm._attrs(plan, 64, 1000)['chunk'] == 4
+  monkeypatch.setenv('NORMRNN_CPU_THREADS', '1')
+  assert not cpu_lstm.columns(64, 1000)  # one thread: nothing to split
+  monkeypatch.setenv('NORMRNN_CPU_SPLIT', 'cols')
+  with pytest.raises(ValueError, match="NORMRNN_CPU_SPLIT must be 'rows' or 'columns'"):
+    cpu_lstm.columns(64, 1000)
 
 
 def test_config_field():

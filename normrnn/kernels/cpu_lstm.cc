@@ -46,18 +46,24 @@ using DgemmFn = void (*)(int, int, int, int, int, int, double, const double*, in
 SgemmFn g_sgemm = nullptr;
 DgemmFn g_dgemm = nullptr;
 
-// C = alpha op(A) op(B) + beta C, row-major, op(X) = X or X^T; A is m x k after op, B k x n.
-inline void Gemm(bool ta, bool tb, int m, int n, int k, const float* a, const float* b,
-                 float beta, float* c) {
+// C = alpha op(A) op(B) + beta C, row-major, op(X) = X or X^T; A is m x k after op, B k x n;
+// lda, ldb, ldc: the row strides (a block of columns of a wider matrix).
+inline void Gemm(bool ta, bool tb, int m, int n, int k, const float* a, int lda, const float* b,
+                 int ldb, float beta, float* c, int ldc) {
   if (m == 0 || n == 0) return;
-  g_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, a,
-          ta ? m : k, b, tb ? k : n, beta, c, n);
+  g_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0f, a, lda, b,
+          ldb, beta, c, ldc);
 }
-inline void Gemm(bool ta, bool tb, int m, int n, int k, const double* a, const double* b,
-                 double beta, double* c) {
+inline void Gemm(bool ta, bool tb, int m, int n, int k, const double* a, int lda,
+                 const double* b, int ldb, double beta, double* c, int ldc) {
   if (m == 0 || n == 0) return;
-  g_dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0, a,
-          ta ? m : k, b, tb ? k : n, beta, c, n);
+  g_dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, 1.0, a, lda, b,
+          ldb, beta, c, ldc);
+}
+// The same for whole (contiguous) matrices.
+template <typename T>
+inline void Gemm(bool ta, bool tb, int m, int n, int k, const T* a, const T* b, T beta, T* c) {
+  Gemm(ta, tb, m, n, k, a, ta ? m : k, b, tb ? k : n, beta, c, n);
 }
 
 enum Kind : int64_t { kIdentity = 0, kBatch = 1, kLayer = 2, kStreaming = 3 };
@@ -70,6 +76,15 @@ inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 // statistics of BN sites. So each call splits the batch into contiguous blocks of rows, one per
 // thread, and the threads meet at a barrier only where a BN site combines its per-thread sums
 // (2 per BN site per step forward, 1 backward). BLAS runs single-threaded inside each thread.
+//
+// The recurrent matmuls may instead be split by columns (`columns`, chosen by cpu_lstm.py): each
+// thread multiplies ALL rows by its block of W_h's columns (forward: of W_h h_{t-1}; backward:
+// of dL/dh_{t-1} = dL/da_h W_h^T, and of dW_h), through shared [B, .] buffers, and the rest of
+// the step stays split by rows; two more barriers per step. Why: with large H a row block's
+// matmul is thin ([32, 1000] x [1000, 4000] at PTB) and every thread streams all of W_h through
+// its cache each step; a column block halves what each thread reads and doubles the rows per
+// BLAS call (measured at PTB: forward matmul 2.6 -> 1.6 ms per step on 2 threads). With small H
+// (sMNIST) the extra barriers cost more than the matmuls gain.
 
 // A barrier for the `n` threads of one call: spins briefly (steps are microseconds apart), then
 // yields (more threads than free cores must still make progress).
@@ -667,13 +682,14 @@ T Count(const float* mt, int b) {
 
 // Forward. Args after the shared 0-18: 19 the probe [T, B, H] (absent: none), added to h_t;
 // 20-28 for each site k (streaming only, else absent) its initial sums n [B], s1, s2 [B, F] at
-// 20 + 3k.. Rets: 0 h_T [B, H]   1 c_T   2 ys [T, B, H]   3 h_{t-1} per step [T, B, H] (absent:
-// not saved)   4 c_{t-1} per step   5 W_h h_{t-1} per step [T, B, G] (absent: not saved)
+// 20 + 3k.. Rets: 0 h_T [B, H]   1 c_T   2 ys [T, B, H] (absent: cpu_lstm.py derives them from
+// 3)   3 h_{t-1} per step [T, B, H] (absent: not saved)   4 c_{t-1} per step   5 W_h h_{t-1} per
+// step [T, B, G] (absent: not saved)
 // 6-8 the three sites' batch means [T, F] (absent where not computed)   9-11 their variances
 // 12-20 for each streaming site k at 12 + 3k: its final n [B], s1, s2 [B, F].
 template <typename T>
 ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64_t kinds[3],
-                   double eps, double lam, int threads) {
+                   double eps, double lam, int threads, bool columns) {
   auto arg = [&](int i) { return args.get<ffi::AnyBuffer>(i).value(); };
   Site<T> sites[3];
   const Shape sh = SetSites<T>(args, kinds, eps, sites);
@@ -709,9 +725,12 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
   const T* probe = In<T>(arg(19));
   const int nt = std::max(1, std::min(threads, B));
   Team<T> team(nt, 2 * G);
+  // Split by columns: h_{t-1} of all rows and (unless saved) W_h h_{t-1}, shared.
+  std::vector<T> hs(columns ? long(B) * H : 0), ahs(columns && !ah_save ? long(B) * G : 0);
   Pool::Get().Run(nt, [&](int tid) {
     Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
     const int R = me.rows, r0 = me.r0;
+    const int g0 = G * tid / nt, g1 = G * (tid + 1) / nt;  // columns: this thread's of W_h
     Scratch<T> w(G, H);
     for (int k = 0; k < 3; ++k) {  // streaming sites: this thread's rows of the initial sums
       const Site<T>& s = sites[k];
@@ -721,10 +740,11 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
       st.s1.assign(s.state0[1] + long(r0) * s.f, s.state0[1] + long(r0 + R) * s.f);
       st.s2.assign(s.state0[2] + long(r0) * s.f, s.state0[2] + long(r0 + R) * s.f);
     }
-    std::vector<T> h(h0 + long(r0) * H, h0 + long(r0 + R) * H),
-        c(c0 + long(r0) * H, c0 + long(r0 + R) * H);
+    std::vector<T> hv(columns ? 0 : long(R) * H), c(c0 + long(r0) * H, c0 + long(r0 + R) * H);
+    T* h = columns ? hs.data() + long(r0) * H : hv.data();  // this thread's rows of h_{t-1}
+    std::copy(h0 + long(r0) * H, h0 + long(r0 + R) * H, h);
     Step<T> st(sh.in_loop, R, G, H);
-    std::vector<T> ah(R * G);
+    std::vector<T> ah(columns ? 0 : R * G);
     std::vector<T>& acts = st.acts;
     std::vector<T>& cn = st.cn;
     std::vector<T>& ch = st.ch;
@@ -734,33 +754,44 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
       const float* mr = mt + r0;  // this thread's rows
       const long row = long(t) * B + r0;
       if (h_save) {
-        std::copy(h.begin(), h.end(), h_save + row * H);
+        std::copy(h, h + long(R) * H, h_save + row * H);
         std::copy(c.begin(), c.end(), c_save + row * H);
       }
-      T* aht = ah_save ? ah_save + row * G : ah.data();
-      Gemm(false, false, R, G, H, h.data(), kh, T(0), aht);
+      T* aht;
+      if (columns) {
+        T* all = ah_save ? ah_save + long(t) * B * G : ahs.data();
+        team.bar.Wait();  // every row of h_{t-1} is written
+        Gemm(false, false, B, g1 - g0, H, hs.data(), H, kh + g0, G, T(0), all + g0, G);
+        team.bar.Wait();  // every column of W_h h_{t-1} is written
+        aht = all + long(r0) * G;
+      } else {
+        aht = ah_save ? ah_save + row * G : ah.data();
+        Gemm(false, false, R, G, H, h, kh, T(0), aht);
+      }
       Activations(sites, w, me, t, B, sh, inputs + row * (sh.in_loop ? D : G), kx, aht, bias,
                   c.data(), mr, n, st);
       for (int k = 0; k < R * H; ++k) ch[k] = std::tanh(ch[k]);
-      T* yt = ys + row * H;
+      T* yt = ys ? ys + row * H : nullptr;
       for (int i = 0; i < R; ++i) {
         if (!(mr[i] > 0)) {  // padded: hold the carry, output 0
-          std::fill(yt + long(i) * H, yt + long(i + 1) * H, T(0));
+          if (ys) std::fill(yt + long(i) * H, yt + long(i + 1) * H, T(0));
           continue;
         }
         const T* __restrict o = acts.data() + long(i) * G + 3 * H;
         const T* __restrict tau = ch.data() + long(i) * H;
         const T mi = mr[i];
-        T* __restrict hi = h.data() + long(i) * H;
+        T* __restrict hi = h + long(i) * H;
         for (int j = 0; j < H; ++j) hi[j] = o[j] * tau[j];
         if (probe)
           for (int j = 0; j < H; ++j) hi[j] += probe[(row + i) * H + j];
-        T* __restrict yi = yt + long(i) * H;
-        for (int j = 0; j < H; ++j) yi[j] = hi[j] * mi;
+        if (ys) {
+          T* __restrict yi = yt + long(i) * H;
+          for (int j = 0; j < H; ++j) yi[j] = hi[j] * mi;
+        }
         std::copy(cn.data() + long(i) * H, cn.data() + long(i + 1) * H, c.data() + long(i) * H);
       }
     }
-    std::copy(h.begin(), h.end(), hT + long(r0) * H);
+    std::copy(h, h + long(R) * H, hT + long(r0) * H);
     std::copy(c.begin(), c.end(), cT + long(r0) * H);
     for (int k = 0; k < 3; ++k) {
       const Site<T>& s = sites[k];
@@ -786,7 +817,8 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
 // d mu_L, d var_L [F])   19-24 for each streaming site k at 19 + 2k: dL/d(initial s1, s2).
 template <typename T>
 ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64_t kinds[3],
-                    double eps, double lam, bool train, int threads, int chunk) {
+                    double eps, double lam, bool train, int threads, int chunk,
+                    bool columns) {
   auto arg = [&](int i) { return args.get<ffi::AnyBuffer>(i).value(); };
   Site<T> sites[3];
   const Shape sh = SetSites<T>(args, kinds, eps, sites);
@@ -841,9 +873,15 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
   // Each thread's parameter cotangents, summed in thread order at the end.
   std::vector<std::vector<T>> dkh(nt), dkx(nt), dbias(nt);
   std::vector<Scratch<T>> scratch(nt, Scratch<T>(G, H));
+  // Split by columns: dL/dh of all rows, and the chunk's dL/d(W_h h_{t-1}) and (unless saved)
+  // W_h h_{t-1} of all rows [K, B, G], shared.
+  std::vector<T> dhs(columns ? long(B) * H : 0), dahs(columns ? long(K) * B * G : 0),
+      ahs(columns && !ah_saved ? long(K) * B * G : 0);
   Pool::Get().Run(nt, [&](int tid) {
     Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
     const int R = me.rows, r0 = me.r0;
+    // Columns: this thread's block of W_h's columns (forward, dW_h) and of its rows (dh).
+    const int g0 = G * tid / nt, g1 = G * (tid + 1) / nt, j0 = H * tid / nt, j1 = H * (tid + 1) / nt;
     Scratch<T>& w = scratch[tid];
     for (int k = 0; k < 3; ++k) {  // streaming sites: sums and carried cotangents of the rows
       const Site<T>& s = sites[k];
@@ -863,17 +901,23 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     std::vector<T>& dW = dkh[tid];
     std::vector<T>& dWx = dkx[tid];
     std::vector<T>& db = dbias[tid];
-    dW.assign(long(H) * G, T(0));
+    dW.assign(columns ? 0 : long(H) * G, T(0));
+    if (columns)  // written in place, this thread's columns
+      for (int j = 0; j < H; ++j) std::fill(dkh_out + long(j) * G + g0, dkh_out + long(j) * G + g1, T(0));
     dWx.assign(sh.in_loop ? long(D) * G : 0, T(0));
     db.assign(G, T(0));
-    std::vector<T> dh(R * H, T(0)), dc(R * H, T(0));
-    if (dh_T) std::copy(dh_T + long(r0) * H, dh_T + long(r0 + R) * H, dh.begin());
+    std::vector<T> dhv(columns ? 0 : R * H), dc(R * H, T(0));
+    T* dh = columns ? dhs.data() + long(r0) * H : dhv.data();  // this thread's rows of dL/dh
+    if (dh_T) std::copy(dh_T + long(r0) * H, dh_T + long(r0 + R) * H, dh);
+    else std::fill(dh, dh + long(R) * H, T(0));
     if (dc_T) std::copy(dc_T + long(r0) * H, dc_T + long(r0 + R) * H, dc.begin());
     // Per chunk of K steps: this thread's h_{t-1} rows (and inputs) gathered contiguously, and
     // W_h h_{t-1} recomputed from them by one matmul (all are saved, so this need not wait for
-    // the recurrence) unless the forward saved it.
-    std::vector<T> hp_chunk(long(K) * R * H), x_chunk(sh.in_loop ? long(K) * R * D : 0),
-        ah(ah_saved ? 0 : long(K) * R * G), dah(long(K) * R * G),
+    // the recurrence) unless the forward saved it. Split by columns, the chunk's h_{t-1} of all
+    // rows are read where they are saved (contiguous, time-major).
+    std::vector<T> hp_chunk(columns ? 0 : long(K) * R * H),
+        x_chunk(sh.in_loop ? long(K) * R * D : 0),
+        ah(ah_saved || columns ? 0 : long(K) * R * G), dah(columns ? 0 : long(K) * R * G),
         dax(sh.in_loop ? long(K) * R * G : 0);
     Step<T> st(sh.in_loop, R, G, H);
     std::vector<T>& acts = st.acts;
@@ -882,14 +926,23 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     std::vector<T> tau(R * H), dhn(R * H), dhh(R * H), dch(R * H), dcc(R * H), dpre(R * G);
     for (int t1 = sh.t; t1 > 0; t1 -= K) {
       const int t0 = std::max(0, t1 - K);
+      const T* hp_all = h_prev + long(t0) * B * H;  // the chunk's h_{t-1}, all rows
+      if (columns) team.bar.Wait();  // the previous chunk's dW_h no longer reads dahs, ahs
       for (int t = t0; t < t1; ++t) {
         const long row = long(t) * B + r0;
-        std::copy(h_prev + row * H, h_prev + (row + R) * H, hp_chunk.data() + long(t - t0) * R * H);
+        if (!columns)
+          std::copy(h_prev + row * H, h_prev + (row + R) * H,
+                    hp_chunk.data() + long(t - t0) * R * H);
         if (sh.in_loop)
           std::copy(inputs + row * D, inputs + (row + R) * D, x_chunk.data() + long(t - t0) * R * D);
       }
-      if (!ah_saved)
+      if (!ah_saved && columns) {
+        Gemm(false, false, (t1 - t0) * B, g1 - g0, H, hp_all, H, kh + g0, G, T(0),
+             ahs.data() + g0, G);
+        team.bar.Wait();  // every column of the chunk's W_h h_{t-1} is written
+      } else if (!ah_saved) {
         Gemm(false, false, (t1 - t0) * R, G, H, hp_chunk.data(), kh, T(0), ah.data());
+      }
       for (int t = t1 - 1; t >= t0; --t) {
         const float* mt = mask + long(t) * B;
         const T n = Count<T>(mt, B);
@@ -897,7 +950,9 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         const long row = long(t) * B + r0;
         const T* cp = c_prev + row * H;
         // The step's activations again, with the statistics the forward normalized with.
-        const T* aht = ah_saved ? ah_saved + row * G : ah.data() + long(t - t0) * R * G;
+        const long slot = long(t - t0) * (columns ? B : R);  // first row of step t in a chunk
+        const T* aht = ah_saved ? ah_saved + row * G
+                                : (columns ? ahs.data() + (slot + r0) * G : ah.data() + slot * G);
         const T* x = sh.in_loop ? x_chunk.data() + long(t - t0) * R * D : inputs + row * G;
         Activations(sites, w, me, t, B, sh, x, kx, aht, bias, cp, mr, n, st);
         // Back through the output and the hold of padded steps.
@@ -906,13 +961,13 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
           for (int i = 0; i < R; ++i) {
             const T mi = mr[i];
             const T* __restrict dy = dys + (row + i) * H;
-            T* __restrict dhi = dh.data() + long(i) * H;
+            T* __restrict dhi = dh + long(i) * H;
             for (int j = 0; j < H; ++j) dhi[j] += dy[j] * mi;
           }
         for (int i = 0; i < R; ++i) {
           const T keep = mr[i] > 0 ? T(1) : T(0);
           const T* __restrict o = acts.data() + long(i) * G + 3 * H;
-          const T* __restrict dhi = dh.data() + long(i) * H;
+          const T* __restrict dhi = dh + long(i) * H;
           const T* __restrict ti = tau.data() + long(i) * H;
           T* __restrict dhni = dhn.data() + long(i) * H;
           T* __restrict dhhi = dhh.data() + long(i) * H;
@@ -945,9 +1000,16 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
           }
           for (int j = 0; j < G; ++j) db[j] += dp[j];
         }
-        T* daht = dah.data() + long(t - t0) * R * G;
+        T* daht = columns ? dahs.data() + (slot + r0) * G : dah.data() + slot * G;
         SiteBackward(sites[1], 1, w, me, t, train, aht, mr, n, dpre.data(), daht);
-        Gemm(false, true, R, H, G, daht, kh, T(0), dh.data());
+        if (columns) {  // dL/dh_{t-1} = dL/da_h W_h^T: this thread's columns, all rows
+          team.bar.Wait();  // every row of dL/da_h is written
+          Gemm(false, true, B, j1 - j0, G, dahs.data() + slot * G, G, kh + long(j0) * G, G, T(0),
+               dhs.data() + j0, H);
+          team.bar.Wait();  // every column of dL/dh_{t-1} is written
+        } else {
+          Gemm(false, true, R, H, G, daht, kh, T(0), dh);
+        }
         for (int k = 0; k < R * H; ++k) dh[k] += dhh[k];
         if (sh.in_loop) {
           T* daxt = dax.data() + long(t - t0) * R * G;
@@ -959,10 +1021,14 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
       }
       // What does not feed the recurrence, for the chunk's steps at once.
       const int rows = (t1 - t0) * R;
-      Gemm(true, false, H, G, rows, hp_chunk.data(), dah.data(), T(1), dW.data());
+      if (columns)  // this thread's columns of dW_h, over all rows of the chunk
+        Gemm(true, false, H, g1 - g0, (t1 - t0) * B, hp_all, H, dahs.data() + g0, G, T(1),
+             dkh_out + g0, G);
+      else
+        Gemm(true, false, H, G, rows, hp_chunk.data(), dah.data(), T(1), dW.data());
       if (sh.in_loop) Gemm(true, false, D, G, rows, x_chunk.data(), dax.data(), T(1), dWx.data());
     }
-    std::copy(dh.begin(), dh.end(), dh0 + long(r0) * H);
+    std::copy(dh, dh + long(R) * H, dh0 + long(r0) * H);
     std::copy(dc.begin(), dc.end(), dc0 + long(r0) * H);
     for (int k = 0; k < 3; ++k) {
       const Site<T>& s = sites[k];
@@ -982,7 +1048,7 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         for (long j = 0; j < size; ++j) out[j] += p[j];
       }
     };
-    sum([&](int k) { return dkh[k].data(); }, dkh_out, long(H) * G);
+    if (!columns) sum([&](int k) { return dkh[k].data(); }, dkh_out, long(H) * G);
     if (sh.in_loop) sum([&](int k) { return dkx[k].data(); }, dkx_out, long(D) * G);
     sum([&](int k) { return dbias[k].data(); }, dbias_out, G);
     for (int s = 0; s < 3; ++s) {
@@ -1014,19 +1080,21 @@ ffi::Error ByDtype(const ffi::RemainingArgs& args, Fn fn) {
 
 ffi::Error ForwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
                           int64_t kind_recurrent, int64_t kind_cell, double eps, double lam,
-                          int64_t threads, int64_t /*chunk: the backward's*/) {
+                          int64_t threads, int64_t /*chunk: the backward's*/,
+                          int64_t columns) {
   const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
   return ByDtype(args, [&](auto zero) {
-    return Forward<decltype(zero)>(args, rets, kinds, eps, lam, threads);
+    return Forward<decltype(zero)>(args, rets, kinds, eps, lam, threads, columns != 0);
   });
 }
 
 ffi::Error BackwardHandler(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t kind_input,
                            int64_t kind_recurrent, int64_t kind_cell, double eps, double lam,
-                           int64_t threads, int64_t chunk, int64_t train) {
+                           int64_t threads, int64_t chunk, int64_t columns, int64_t train) {
   const int64_t kinds[3] = {kind_input, kind_recurrent, kind_cell};
   return ByDtype(args, [&](auto zero) {
-    return Backward<decltype(zero)>(args, rets, kinds, eps, lam, train != 0, threads, chunk);
+    return Backward<decltype(zero)>(args, rets, kinds, eps, lam, train != 0, threads, chunk,
+                                    columns != 0);
   });
 }
 
@@ -1042,7 +1110,8 @@ auto Binding() {
       .Attr<double>("eps")
       .Attr<double>("lam")
       .Attr<int64_t>("threads")
-      .Attr<int64_t>("chunk");
+      .Attr<int64_t>("chunk")
+      .Attr<int64_t>("columns");
 }
 
 }  // namespace

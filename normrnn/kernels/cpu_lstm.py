@@ -175,21 +175,43 @@ def threads(batch: int) -> int:
   return max(1, min(cpus or 1, batch // MIN_ROWS))
 
 
-# The backward accumulates dW_h once per chunk of steps as one matmul over the chunk's rows of
-# each thread: at least this many rows, or the matmul is too thin to run near peak (PTB: 32 rows
-# per thread, chunks of 2 -> 8 steps took `batch` from 1.14x to 1.05x flax's time).
+# The recurrent matmuls are split over threads by columns of W_h (cpu_lstm.cc, "Threads") from
+# this hidden size on, else by rows of the batch. Measured on 2 threads (docs/benchmarks.md): at
+# H=1000 (PTB) columns are faster (each thread reads half of W_h, and its BLAS calls have all 64
+# rows instead of 32); at H=100 (sMNIST) W_h stays in cache and the two extra meetings per step
+# cost more than they gain.
+MIN_COLUMN_HIDDEN = 256
+
+
+def columns(batch: int, hidden: int) -> bool:
+  """Whether one call splits its recurrent matmuls by columns: NORMRNN_CPU_SPLIT ('rows' or
+  'columns') if set, else from MIN_COLUMN_HIDDEN on, with more than one thread."""
+  env = os.environ.get('NORMRNN_CPU_SPLIT', '').strip()
+  if env:
+    if env not in ('rows', 'columns'):
+      raise ValueError(f"NORMRNN_CPU_SPLIT must be 'rows' or 'columns', not {env!r}")
+    return env == 'columns'
+  return threads(batch) > 1 and hidden >= MIN_COLUMN_HIDDEN
+
+
+# The backward accumulates dW_h once per chunk of steps as one matmul over the chunk's rows (of
+# each thread, or of the whole batch when split by columns): at least this many rows, or the
+# matmul is too thin to run near peak (PTB: 32 rows per thread, chunks of 2 -> 8 steps took
+# `batch` from 1.14x to 1.05x flax's time).
 MIN_GRAD_ROWS = 256
 
 
-def _attrs(plan, batch):
+def _attrs(plan, batch, hidden):
   kinds = dict(input=plan.input or 'identity', recurrent=plan.recurrent, cell=plan.cell)
   n = threads(batch)
-  rows = -(-batch // n)
+  split = columns(batch, hidden)
+  rows = batch if split else -(-batch // n)
   return dict(kind_input=np.int64(KINDS[kinds['input']]),
               kind_recurrent=np.int64(KINDS[kinds['recurrent']]),
               kind_cell=np.int64(KINDS[kinds['cell']]), eps=np.float64(plan.eps),
               lam=np.float64(plan.lam), threads=np.int64(n),
-              chunk=np.int64(max(plan.chunk, -(-MIN_GRAD_ROWS // rows))))
+              chunk=np.int64(max(plan.chunk, -(-MIN_GRAD_ROWS // rows))),
+              columns=np.int64(split))
 
 
 def _shape(shape, dtype, present=True):
@@ -207,7 +229,10 @@ def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
   computes = {s: plan.train and _present(plan, s) and plan.kind(s) in ('batch', 'streaming')
               for s in SITES}
   seq = (length, batch, hidden)
-  outs = ([_shape((batch, hidden), dtype)] * 2 + [_shape(seq, dtype)]
+  # With residuals the outputs are derived from the saved h_{t-1} below, not written by the
+  # loop: where the loss does not read them (sMNIST reads the last h only) XLA drops that
+  # computation, and no third [T, B, H] buffer is allocated.
+  outs = ([_shape((batch, hidden), dtype)] * 2 + [_shape(seq, dtype, not residuals)]
           + [_shape(seq, dtype, residuals)] * 2
           + [_shape((length, batch, 4 * hidden), dtype, residuals and save)]
           + [_shape((length, widths[s]), dtype, computes[s]) for s in SITES] * 2)
@@ -218,8 +243,10 @@ def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
     args += ([norm0[s]['n'][:, 0], norm0[s]['s1'], norm0[s]['s2']] if on
              else [_none(dtype)] * 3)
     outs += [_shape((batch,), dtype, on)] + [_shape((batch, widths[s]), dtype, on)] * 2
-  out = jax.ffi.ffi_call(_FORWARD, outs)(*args, **_attrs(plan, batch))
+  out = jax.ffi.ffi_call(_FORWARD, outs)(*args, **_attrs(plan, batch, hidden))
   h, c, ys, h_prev, c_prev, a_h = out[:6]
+  if residuals:  # h_t = h_{t+1-1}, held through padded steps; the outputs are 0 there
+    ys = jnp.concatenate([h_prev[1:], h[None]]) * mask[..., None].astype(dtype)
   count = jnp.sum(mask.astype(dtype), axis=1)
   moments = {s: dict(mean=out[6 + k], var=out[9 + k], count=count)
              for k, s in enumerate(SITES) if computes[s]}
@@ -269,7 +296,7 @@ def backward(plan, p, carry0, inputs, mask, stats, given, has_probe, residuals, 
   for s in SITES:
     outs += [like(norm0[s]['s1'], s in norm0), like(norm0[s]['s2'], s in norm0)] if s in norm0 \
         else [_shape((0,), dtype)] * 2
-  out = jax.ffi.ffi_call(_BACKWARD, outs)(*args, **_attrs(plan, batch),
+  out = jax.ffi.ffi_call(_BACKWARD, outs)(*args, **_attrs(plan, batch, hidden),
                                           train=np.int64(plan.train))
   dp = dict(kernel_h=out[0], bias=out[2],
             sites={s: {k: out[(3 if k == 'gamma' else 6) + SITES.index(s)] for k in v}
