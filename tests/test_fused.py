@@ -195,6 +195,72 @@ def test_cpu_kernel_streaming_float32_long_sequence():
     np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4 * float(np.abs(a).max()))
 
 
+@pytest.mark.parametrize('split, scheme, remat', [
+    ('rows', 'none', True), ('columns', 'none', False), ('columns', 'layer', True)])
+def test_cpu_kernel_float32_matmuls(split, scheme, remat, monkeypatch):
+  """Float32 (where the C++ kernel multiplies by W_h and W_x with its own packed AVX-512
+  microkernel instead of BLAS; float64, in every other test, calls BLAS) against the scan in
+  float64: H=300, so the packed panels of 32 columns end in partial ones (1200 = 37.5 x 32 and
+  the threads' blocks), the transposed W_h^T has k = 1200 > one block of 1024, and 2 threads of
+  10 rows make blocks of 8 rows end in partial ones; W_h h_{t-1} recomputed (remat) or saved."""
+  _needs_cpu_kernel()
+  monkeypatch.setenv('NORMRNN_CPU_THREADS', '2')
+  monkeypatch.setenv('NORMRNN_CPU_SPLIT', split)
+  x, mask = helpers.data(batch=20, length=6, features=3,
+                         lengths=[6, 3, 5, 6, 1, 6, 4, 6, 6, 2] * 2)
+  kw = dict(train=True, hidden=300, features=3, t_max=6, hoist_input=False, remat=remat)
+  layers = {k: _layer(scheme, k, **kw) for k in ('scan', 'cpu')}
+  variables = layers['scan'].init(jax.random.PRNGKey(0), x, mask)
+  params = helpers.perturb_params(variables['params'], jax.random.PRNGKey(1))
+  out = {}
+  for k, layer in [('scan64', layers['scan'])] + list(layers.items()):
+    def loss(p, x, layer=layer):
+      (y, carry), _ = layer.apply(dict(variables, params=p), x, mask, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(3.0 * y)) + jnp.sum(carry['c'] ** 2), y
+    run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    if k == 'scan64':
+      with jax.enable_x64(True):
+        out[k] = run(*jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), (params, x)))
+    else:
+      out[k] = run(params, x)
+  # Float32 error of the kernel (against the float64 scan) within a few times the float32
+  # scan's own. (Not BN here: at step 0 every row has the same h_0, so the recurrent site
+  # normalizes rounding noise over a variance of ~0, amplified by 1 / sqrt(eps) in both.)
+  for ref, scan, cpu in zip(*(jax.tree.leaves(out[k]) for k in ('scan64', 'scan', 'cpu'))):
+    assert cpu.dtype == jnp.float32
+    ref = np.asarray(ref)
+    err = lambda v: float(np.abs(np.asarray(v, np.float64) - ref).max())
+    assert err(cpu) <= 4 * err(scan) + 1e-6 * float(np.abs(ref).max()), (err(cpu), err(scan))
+
+
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_float32_saturated_gates(kernel):
+  """Inputs of 1e4 saturate the gates in float32: the kernels' outputs and gradients stay finite
+  and those of the scan (the C++ kernel is compiled with -ffast-math, which assumes no inf: its
+  exp and tanh are clamped; before, exp overflowed and every gradient was NaN). The outputs
+  agree to float32 precision; the gradients only to 1% of their largest entry: a float32
+  pre-activation of ~1e4 is rounded to ~1e-3, and the weight gradients multiply by the inputs
+  again."""
+  x, mask = helpers.data(batch=4, length=5, features=2, lengths=LENGTHS)
+  x = x * 1e4
+  layers = {k: _layer('none', k, train=True, hidden=8, hoist_input=False, remat=True)
+            for k in ('scan', kernel)}
+  variables = layers['scan'].init(jax.random.PRNGKey(0), x, mask)
+  out = {}
+  for k, layer in layers.items():
+    def loss(p, x, layer=layer):
+      (y, carry), _ = layer.apply(dict(variables, params=p), x, mask, mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(3.0 * y)) + jnp.sum(carry['c'] ** 2), y
+    out[k] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+        variables['params'], x)
+  (value, y), grads = out[kernel]
+  np.testing.assert_allclose(value, out['scan'][0][0], rtol=1e-5)
+  np.testing.assert_allclose(y, out['scan'][0][1], rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(out['scan'][1]), jax.tree.leaves(grads)):
+    assert np.all(np.isfinite(b))
+    np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-2 * max(1.0, float(np.abs(a).max())))
+
+
 @pytest.mark.parametrize('kernel', KERNELS)
 def test_finite_differences(kernel):
   helpers.check_gradients('batch', kernel=kernel, hoist_input=False, remat=True)

@@ -31,6 +31,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -66,10 +70,147 @@ inline void Gemm(bool ta, bool tb, int m, int n, int k, const T* a, const T* b, 
   Gemm(ta, tb, m, n, k, a, ta ? m : k, b, tb ? k : n, beta, c, n);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The recurrent matmuls. Every step multiplies by the same W_h (forward: h_{t-1} W_h; backward:
+// dL/da_h W_h^T) and, in the step, the input term by W_x. A BLAS call re-packs its operands into
+// its blocked layout at every call, which for a step's few dozen rows costs about a fifth of the
+// matmul. So a `Weight` packs (its thread's block of) the matrix ONCE per call, into panels of
+// 32 columns [panel][k][32], and multiplies by it with a microkernel of 8 rows x 32 columns
+// (16 AVX-512 accumulators; the step's rows packed as [8-row block][k][8]; k in blocks of 1024
+// so that the rows' block stays in L2). Measured on this project's AVX-512 CPU, one matmul
+// single-threaded (docs/benchmarks.md): PTB's [64, 1000] x [1000, 2000] 1.38 -> 1.08 ms,
+// [64, 4000] x [4000, 500] (transposed) 1.37 -> 1.19 ms, sMNIST's [32, 100] x [100, 400]
+// 14 -> 11 us. Float32 where the build targets AVX-512 (-march, setup.py); float64 and other
+// CPUs call BLAS.
+template <typename T>
+class Weight {
+ public:
+  // B = W[:, :n] (W row-major, k rows with row stride ldw) or, transposed, B = W[:n, :]^T (W's
+  // first n rows, k = their length, row stride ldw); `w` points at the block's first element.
+  Weight(const T* w, int ldw, int k, int n, bool trans)
+      : w_(w), ldw_(ldw), k_(k), n_(n), trans_(trans) {}
+  // C [m, n] (row stride ldc) = A [m, k] (row stride lda) B.
+  void Multiply(int m, const T* a, int lda, T* c, int ldc) {
+    Gemm(false, trans_, m, n_, k_, a, lda, w_, ldw_, T(0), c, ldc);
+  }
+
+ private:
+  const T* w_;
+  int ldw_, k_, n_;
+  bool trans_;
+};
+
+#if defined(__AVX512F__)
+template <>
+class Weight<float> {
+ public:
+  Weight(const float* w, int ldw, int k, int n, bool trans)
+      : k_(k), n_(n), panels_((n + 31) / 32) {
+    b_ = Aligned(packed_, long(panels_) * k * 32);
+    for (int q = 0; q < panels_; ++q) {
+      float* dst = b_ + long(q) * k * 32;
+      const int c0 = q * 32, nc = std::min(32, n - c0);
+      std::fill(dst, dst + long(k) * 32, 0.0f);  // the last panel's columns past n: zero
+      if (trans) {
+        for (int c = 0; c < nc; ++c) {
+          const float* src = w + long(c0 + c) * ldw;
+          for (int kk = 0; kk < k; ++kk) dst[long(kk) * 32 + c] = src[kk];
+        }
+      } else {
+        for (int kk = 0; kk < k; ++kk) std::copy(w + long(kk) * ldw + c0, w + long(kk) * ldw + c0 + nc,
+                                                 dst + long(kk) * 32);
+      }
+    }
+  }
+
+  void Multiply(int m, const float* a, int lda, float* c, int ldc) {
+    const int k = k_, blocks = (m + 7) / 8;
+    float* ap = Aligned(rows_, long(blocks) * k * 8);
+    for (int r = 0; r < blocks; ++r) {  // rows past m: zero
+      float* dst = ap + long(r) * k * 8;
+      for (int i = 0; i < 8; ++i) {
+        const int row = r * 8 + i;
+        if (row < m) {
+          const float* src = a + long(row) * lda;
+          for (int kk = 0; kk < k; ++kk) dst[long(kk) * 8 + i] = src[kk];
+        } else {
+          for (int kk = 0; kk < k; ++kk) dst[long(kk) * 8 + i] = 0.0f;
+        }
+      }
+    }
+    for (int k0 = 0; k0 < k; k0 += kBlockK) {
+      const int kc = std::min(kBlockK, k - k0);
+      for (int q = 0; q < panels_; ++q) {
+        const float* bq = b_ + long(q) * k * 32 + long(k0) * 32;
+        const int c0 = q * 32, nc = std::min(32, n_ - c0);
+        const __mmask16 m0 = nc >= 16 ? 0xFFFF : (1u << nc) - 1;
+        const __mmask16 m1 = nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1 : 0;
+        for (int r = 0; r < blocks; ++r)
+          Tile(kc, ap + long(r) * k * 8 + long(k0) * 8, bq, std::min(8, m - r * 8), m0, m1,
+               k0 > 0, c + long(r) * 8 * ldc + c0, ldc);
+      }
+    }
+  }
+
+ private:
+  static constexpr int kBlockK = 1024;
+  // One tile: C[:rows, :32] (+)= A B over kc steps of k, A as [kc][8], B as [kc][32]. Not
+  // inlined, and every accumulator index a constant: so that GCC keeps the 16 accumulators in
+  // registers (inlined into the loops above, it kept them on the stack: 40% slower).
+  __attribute__((noinline)) static void Tile(int kc, const float* __restrict a,
+                                             const float* __restrict b, int rows, __mmask16 m0,
+                                             __mmask16 m1, bool add, float* c, int ldc) {
+    __m512 acc[8][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int kk = 0; kk < kc; ++kk) {
+      const __m512 b0 = _mm512_load_ps(b + kk * 32), b1 = _mm512_load_ps(b + kk * 32 + 16);
+      const float* ak = a + kk * 8;
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const __m512 av = _mm512_set1_ps(ak[i]);
+        acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      if (i >= rows) break;
+      float* ci = c + long(i) * ldc;
+      if (add) {  // later blocks of k add to the earlier ones'
+        acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, ci));
+        acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, ci + 16));
+      }
+      _mm512_mask_storeu_ps(ci, m0, acc[i][0]);
+      _mm512_mask_storeu_ps(ci + 16, m1, acc[i][1]);
+    }
+  }
+  // `size` floats of `v`, starting at a 64-byte boundary.
+  static float* Aligned(std::vector<float>& v, long size) {
+    v.resize(size + 16);
+    const auto address = reinterpret_cast<std::uintptr_t>(v.data());
+    return v.data() + ((64 - address % 64) % 64) / sizeof(float);
+  }
+  int k_, n_, panels_;
+  std::vector<float> packed_, rows_;
+  float* b_;
+};
+#endif
+
 enum Kind : int64_t { kIdentity = 0, kBatch = 1, kLayer = 2, kStreaming = 3 };
 
 template <typename T>
-inline T Sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+inline T Sigmoid(T x) {
+  // Clamped: this file is compiled with -ffast-math (vectorized exp), which assumes no inf, so
+  // exp(-x) must not overflow (float32 saturating pre-activations gave NaN). sigma(+-80) is 1 and
+  // 2e-35 in both float types: the clamp changes no value beyond rounding.
+  x = std::min(std::max(x, T(-80)), T(80));
+  return T(1) / (T(1) + std::exp(-x));
+}
+template <typename T>
+inline T Tanh(T x) {  // clamped for the same reason; tanh(+-40) is +-1 in both float types
+  return std::tanh(std::min(std::max(x, T(-40)), T(40)));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Threads. Every row of the batch runs its own recurrence; rows only meet in the batch
@@ -628,7 +769,7 @@ __attribute__((noinline)) void GateRow(int h, const T* __restrict x, const T* __
                                        const T* __restrict bias, const T* __restrict c_prev,
                                        T* __restrict a, T* __restrict c) {
   // Offsets as separate pointers: indexing a[h + j] made GCC emit gathers.
-  for (int j = 0; j < h; ++j) a[j] = std::tanh(x[j] + y[j] + bias[j]);
+  for (int j = 0; j < h; ++j) a[j] = Tanh(x[j] + y[j] + bias[j]);
   const T* __restrict x3 = x + h;
   const T* __restrict y3 = y + h;
   const T* __restrict b3 = bias + h;
@@ -660,11 +801,11 @@ struct Step {
 
 template <typename T>
 void Activations(const Site<T> sites[3], Scratch<T>& w, Member<T>& me, int t, int batch,
-                 const Shape& sh, const T* x, const T* kx, const T* a_h, const T* bias,
+                 const Shape& sh, const T* x, Weight<T>* wx, const T* a_h, const T* bias,
                  const T* c_prev, const float* m, T n, Step<T>& st) {
   const T* xn = x;
   if (sh.in_loop) {
-    Gemm(false, false, me.rows, sh.g, sh.d, x, kx, T(0), st.ax.data());
+    wx->Multiply(me.rows, x, sh.d, st.ax.data(), sh.g);
     SiteForward(sites[0], 0, w, me, t, batch, st.ax.data(), m, n, st.xn.data());
     xn = st.xn.data();
   }
@@ -731,6 +872,8 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
     Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
     const int R = me.rows, r0 = me.r0;
     const int g0 = G * tid / nt, g1 = G * (tid + 1) / nt;  // columns: this thread's of W_h
+    Weight<T> wh(columns ? kh + g0 : kh, G, H, columns ? g1 - g0 : G, false);
+    Weight<T> wx(kx, G, sh.in_loop ? D : 0, sh.in_loop ? G : 0, false);
     Scratch<T> w(G, H);
     for (int k = 0; k < 3; ++k) {  // streaming sites: this thread's rows of the initial sums
       const Site<T>& s = sites[k];
@@ -761,16 +904,16 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
       if (columns) {
         T* all = ah_save ? ah_save + long(t) * B * G : ahs.data();
         team.bar.Wait();  // every row of h_{t-1} is written
-        Gemm(false, false, B, g1 - g0, H, hs.data(), H, kh + g0, G, T(0), all + g0, G);
+        wh.Multiply(B, hs.data(), H, all + g0, G);
         team.bar.Wait();  // every column of W_h h_{t-1} is written
         aht = all + long(r0) * G;
       } else {
         aht = ah_save ? ah_save + row * G : ah.data();
-        Gemm(false, false, R, G, H, h, kh, T(0), aht);
+        wh.Multiply(R, h, H, aht, G);
       }
-      Activations(sites, w, me, t, B, sh, inputs + row * (sh.in_loop ? D : G), kx, aht, bias,
+      Activations(sites, w, me, t, B, sh, inputs + row * (sh.in_loop ? D : G), &wx, aht, bias,
                   c.data(), mr, n, st);
-      for (int k = 0; k < R * H; ++k) ch[k] = std::tanh(ch[k]);
+      for (int k = 0; k < R * H; ++k) ch[k] = Tanh(ch[k]);
       T* yt = ys ? ys + row * H : nullptr;
       for (int i = 0; i < R; ++i) {
         if (!(mr[i] > 0)) {  // padded: hold the carry, output 0
@@ -882,6 +1025,11 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     const int R = me.rows, r0 = me.r0;
     // Columns: this thread's block of W_h's columns (forward, dW_h) and of its rows (dh).
     const int g0 = G * tid / nt, g1 = G * (tid + 1) / nt, j0 = H * tid / nt, j1 = H * (tid + 1) / nt;
+    // W_h^T for dL/dh_{t-1}; W_h for recomputing W_h h_{t-1} (if not saved); W_x for the input term.
+    Weight<T> wht(columns ? kh + long(j0) * G : kh, G, G, columns ? j1 - j0 : H, true);
+    Weight<T> wh(columns ? kh + g0 : kh, G, ah_saved ? 0 : H, ah_saved ? 0 : columns ? g1 - g0 : G,
+                 false);
+    Weight<T> wx(kx, G, sh.in_loop ? D : 0, sh.in_loop ? G : 0, false);
     Scratch<T>& w = scratch[tid];
     for (int k = 0; k < 3; ++k) {  // streaming sites: sums and carried cotangents of the rows
       const Site<T>& s = sites[k];
@@ -937,11 +1085,10 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
           std::copy(inputs + row * D, inputs + (row + R) * D, x_chunk.data() + long(t - t0) * R * D);
       }
       if (!ah_saved && columns) {
-        Gemm(false, false, (t1 - t0) * B, g1 - g0, H, hp_all, H, kh + g0, G, T(0),
-             ahs.data() + g0, G);
+        wh.Multiply((t1 - t0) * B, hp_all, H, ahs.data() + g0, G);
         team.bar.Wait();  // every column of the chunk's W_h h_{t-1} is written
       } else if (!ah_saved) {
-        Gemm(false, false, (t1 - t0) * R, G, H, hp_chunk.data(), kh, T(0), ah.data());
+        wh.Multiply((t1 - t0) * R, hp_chunk.data(), H, ah.data(), G);
       }
       for (int t = t1 - 1; t >= t0; --t) {
         const float* mt = mask + long(t) * B;
@@ -954,9 +1101,9 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         const T* aht = ah_saved ? ah_saved + row * G
                                 : (columns ? ahs.data() + (slot + r0) * G : ah.data() + slot * G);
         const T* x = sh.in_loop ? x_chunk.data() + long(t - t0) * R * D : inputs + row * G;
-        Activations(sites, w, me, t, B, sh, x, kx, aht, bias, cp, mr, n, st);
+        Activations(sites, w, me, t, B, sh, x, &wx, aht, bias, cp, mr, n, st);
         // Back through the output and the hold of padded steps.
-        for (int k = 0; k < R * H; ++k) tau[k] = std::tanh(ch[k]);
+        for (int k = 0; k < R * H; ++k) tau[k] = Tanh(ch[k]);
         if (dys)
           for (int i = 0; i < R; ++i) {
             const T mi = mr[i];
@@ -964,24 +1111,31 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
             T* __restrict dhi = dh + long(i) * H;
             for (int j = 0; j < H; ++j) dhi[j] += dy[j] * mi;
           }
+        // A padded row's step is skipped: its carry's cotangent passes through unchanged and
+        // nothing reaches the step's activations. Selected, not multiplied by the mask: those
+        // activations come from whatever fills the padding and may be inf or NaN in float32.
         for (int i = 0; i < R; ++i) {
-          const T keep = mr[i] > 0 ? T(1) : T(0);
           const T* __restrict o = acts.data() + long(i) * G + 3 * H;
           const T* __restrict dhi = dh + long(i) * H;
           const T* __restrict ti = tau.data() + long(i) * H;
           T* __restrict dhni = dhn.data() + long(i) * H;
           T* __restrict dhhi = dhh.data() + long(i) * H;
           T* __restrict dchi = dch.data() + long(i) * H;
+          if (!(mr[i] > 0)) {
+            std::fill(dhni, dhni + H, T(0));
+            std::copy(dhi, dhi + H, dhhi);
+            std::fill(dchi, dchi + H, T(0));
+            continue;
+          }
           for (int j = 0; j < H; ++j) {
-            dhni[j] = keep * dhi[j];
-            dhhi[j] = (T(1) - keep) * dhi[j];
-            dchi[j] = dhni[j] * o[j] * (T(1) - ti[j] * ti[j]);
+            dhni[j] = dhi[j];
+            dhhi[j] = T(0);
+            dchi[j] = dhi[j] * o[j] * (T(1) - ti[j] * ti[j]);
           }
         }
         if (dprobe) std::copy(dhn.begin(), dhn.end(), dprobe + row * H);
         SiteBackward(sites[2], 2, w, me, t, train, cn.data(), mr, n, dch.data(), dcc.data());
         for (int i = 0; i < R; ++i) {
-          const T keep = mr[i] > 0 ? T(1) : T(0);
           const T* __restrict a = acts.data() + long(i) * G;
           const T* __restrict cpi = cp + long(i) * H;
           const T* __restrict dcci = dcc.data() + long(i) * H;
@@ -989,10 +1143,14 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
           const T* __restrict taui = tau.data() + long(i) * H;
           T* __restrict dci = dc.data() + long(i) * H;
           T* __restrict dp = dpre.data() + long(i) * G;
+          if (!(mr[i] > 0)) {  // padded (see above): dL/dc_{t-1} = dL/dc_t, no gate cotangents
+            std::fill(dp, dp + G, T(0));
+            continue;
+          }
           for (int j = 0; j < H; ++j) {
             const T gg = a[j], f = a[H + j], in = a[2 * H + j], o = a[3 * H + j];
-            const T dct = keep * dci[j] + dcci[j];
-            dci[j] = dct * f + (T(1) - keep) * dci[j];
+            const T dct = dci[j] + dcci[j];
+            dci[j] = dct * f;
             dp[j] = dct * in * (T(1) - gg * gg);
             dp[H + j] = dct * cpi[j] * f * (T(1) - f);
             dp[2 * H + j] = dct * gg * in * (T(1) - in);
@@ -1004,11 +1162,10 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         SiteBackward(sites[1], 1, w, me, t, train, aht, mr, n, dpre.data(), daht);
         if (columns) {  // dL/dh_{t-1} = dL/da_h W_h^T: this thread's columns, all rows
           team.bar.Wait();  // every row of dL/da_h is written
-          Gemm(false, true, B, j1 - j0, G, dahs.data() + slot * G, G, kh + long(j0) * G, G, T(0),
-               dhs.data() + j0, H);
+          wht.Multiply(B, dahs.data() + slot * G, G, dhs.data() + j0, H);
           team.bar.Wait();  // every column of dL/dh_{t-1} is written
         } else {
-          Gemm(false, true, R, H, G, daht, kh, T(0), dh);
+          wht.Multiply(R, daht, G, dh, H);
         }
         for (int k = 0; k < R * H; ++k) dh[k] += dhh[k];
         if (sh.in_loop) {
