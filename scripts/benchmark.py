@@ -8,7 +8,10 @@ process.
 One float32 train step = forward + backward over the whole sequence + optax Adam update
 (softmax cross-entropy, mean over the targets), jitted; compile (`.lower().compile()`) timed
 apart as compile_s; 2 warm-up steps; `--reps` timed steps (`jax.block_until_ready`) taken
-round-robin over the models so that machine noise hits all alike; the median is reported.
+round-robin over the models so that machine noise hits all alike, each one right after an
+untimed step of the same model (as in a training loop: a step timed right after another model's
+was up to 50% slower, that model's lingering work, freeing its buffers and spinning threads,
+taking the CPUs); the median is reported.
 Models:
 * flax_optimized_lstm = `nn.RNN(nn.OptimizedLSTMCell(H))` + Dense, the reference (unroll 1
   always: --unroll/--remat go to the normrnn models as RNNSpec.unroll/remat);
@@ -192,6 +195,8 @@ class JaxBench:
     return loss
 
   def rep(self):
+    """One untimed step (it absorbs what the previous model left running), then a timed one."""
+    jax.block_until_ready(self.step())
     self.times.append(timed(self.step))
 
 
