@@ -5,10 +5,11 @@ backward formulas, the same schemes plus streaming normalization: tests/test_fus
 outputs, carries, moments and every gradient against the scan), but its forward loop and its
 backward loop each run as ONE call into a C++ function (normrnn/kernels/cpu_lstm.cc) through
 XLA's foreign-function interface (`jax.ffi`), instead of as an XLA while loop. A step is then one
-BLAS matmul (OpenBLAS from the `scipy-openblas32` package) and a few vectorized loops over
-cache-resident rows, with no per-op dispatch, and the batch is split over threads (`threads`);
-the weight gradient dW_h is one BLAS matmul per chunk of steps. docs/benchmarks.md has the
-measurements.
+matmul by W_h (in float32 on AVX-512 CPUs the kernel's own microkernel over W_h packed once per
+call; otherwise OpenBLAS from the `scipy-openblas32` package) and a few vectorized loops over
+cache-resident rows, with no per-op dispatch; the batch is split over threads (`threads`), or
+from MIN_COLUMN_HIDDEN units on the recurrent matmuls by W_h's columns (`columns`); the weight
+gradient dW_h is one BLAS matmul per chunk of steps. docs/benchmarks.md has the measurements.
 
 Build: `pip install -e .` compiles cpu_lstm.cc into normrnn/kernels/_cpu_lstm*.so (setup.py;
 the XLA FFI headers come from jaxlib, a C++17 compiler is needed). If the build fails the install
