@@ -76,7 +76,7 @@ class RNNSpec:
     if not 0.0 < self.stats_rate <= 1.0:
       raise ValueError(f'norm stats_rate must be in (0, 1], got {self.stats_rate}')
     reason = kernels.refusal(self.kernel, self.cell, scheme, hoist_input=self.hoist_input,
-                             remat=self.remat, unroll=self.unroll)
+                             remat=self.remat, unroll=self.unroll, hidden=self.hidden)
     if reason is not None:
       raise ValueError(f'model kernel={self.kernel!r} is not valid: {reason}')
 

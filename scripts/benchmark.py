@@ -124,7 +124,7 @@ def kernel_refusal(name, kernel, s, args):
   """None if `kernel` runs scheme `name` with these settings, else why not."""
   settings = spec_settings(s, args)
   return kernels.refusal(kernel, 'lstm', NORMS[name], hoist_input=settings['hoist_input'],
-                         remat=settings['remat'], unroll=settings['unroll'])
+                         remat=settings['remat'], unroll=settings['unroll'], hidden=s['hidden'])
 
 
 def build_model(name, s, args, kernel=kernels.SCAN):

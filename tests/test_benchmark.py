@@ -109,6 +109,10 @@ def test_kernel_list():
     benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--kernels', 'nope'])
   for name in ('none', 'batch', 'layer', 'batch_input'):
     assert benchmark.kernel_refusal(name, 'fused', TINY['ptb'], args) is None, name
+  # The shape's hidden size is checked too: PTB's 1000 units are more than the Pallas kernel holds.
+  assert benchmark.kernel_refusal('batch', 'pallas', TINY['ptb'], args) is None
+  assert 'hidden <= 128' in benchmark.kernel_refusal('batch', 'pallas', benchmark.SHAPES['ptb'],
+                                                     args)
   model = benchmark.build_model('batch', TINY['ptb'], args, 'fused')
   assert model.spec.kernel == 'fused'
   # Every scheme by the scan, then by each kernel that supports it; the rest listed as skipped.

@@ -289,16 +289,19 @@ def test_longer_than_the_tables_and_chunked_evaluation(kernel):
 def test_supports_and_refusals():
   settings = dict(hoist_input=False, remat=True, unroll=1, train=True)
   ok = ['none', 'batch', 'batch_input', 'sequence', 'layer', 'weight']
-  assert [n for n, s in NORMS.items() if fused_lstm.supports('lstm', s, **settings) is None] == ok
-  assert fused_lstm.supports('lstm', compose('batch', input='sequence'), **settings) is None
-  assert 'Streaming' in fused_lstm.supports('lstm', NORMS['streaming'], **settings)
-  assert 'Cosine' in fused_lstm.supports('lstm', NORMS['cosine'], **settings)
-  assert 'LSTM cell only' in fused_lstm.supports('gru', NORMS['none'], **settings)
+  assert [n for n, s in NORMS.items()
+          if fused_lstm.supports('lstm', s, hidden=8, **settings) is None] == ok
+  assert fused_lstm.supports('lstm', compose('batch', input='sequence'), hidden=8,
+                             **settings) is None
+  assert 'Streaming' in fused_lstm.supports('lstm', NORMS['streaming'], hidden=8, **settings)
+  assert 'Cosine' in fused_lstm.supports('lstm', NORMS['cosine'], hidden=8, **settings)
+  assert 'LSTM cell only' in fused_lstm.supports('gru', NORMS['none'], hidden=8, **settings)
   # A refusal names what the kernel supports.
-  why = kernels.refusal('fused', 'lstm', NORMS['cosine'], hoist_input=False, remat=True, unroll=1)
+  why = kernels.refusal('fused', 'lstm', NORMS['cosine'], hoist_input=False, remat=True, unroll=1,
+                        hidden=8)
   assert 'supports the schemes none, batch, batch_input, sequence, layer, weight' in why
   assert kernels.refusal('scan', 'gru', NORMS['cosine'], hoist_input=False, remat=True,
-                         unroll=1) is None
+                         unroll=1, hidden=8) is None
   assert kernels.KERNELS['fused'].run is fused_lstm.run
   assert set(kernels.names()) >= {'scan', 'fused'}
   with pytest.raises(ValueError, match="kernel='fused' is not valid.*Cosine"):
@@ -318,15 +321,17 @@ def test_cpu_kernel_refusals(monkeypatch):
   it."""
   settings = dict(hoist_input=False, remat=True, unroll=1, train=True)
   native = [n for n, s in NORMS.items()
-            if fused_lstm.supports('lstm', s, native=True, **settings) is None]
+            if fused_lstm.supports('lstm', s, native=True, hidden=8, **settings) is None]
   assert native == ['none', 'batch', 'batch_input', 'sequence', 'layer', 'weight', 'streaming']
   assert 'cpu kernel has no written-out backward for Cosine' in cpu_lstm.supports(
-      'lstm', NORMS['cosine'], **settings)
+      'lstm', NORMS['cosine'], hidden=8, **settings)
   assert 'cpu kernel implements the LSTM cell only' in cpu_lstm.supports(
-      'gru', NORMS['none'], **settings)
+      'gru', NORMS['none'], hidden=8, **settings)
   monkeypatch.setattr(cpu_lstm, 'unavailable', lambda: 'the C++ extension was not built')
-  assert cpu_lstm.supports('lstm', NORMS['batch'], **settings) == 'the C++ extension was not built'
-  why = kernels.refusal('cpu', 'lstm', NORMS['batch'], hoist_input=False, remat=True, unroll=1)
+  assert cpu_lstm.supports('lstm', NORMS['batch'], hidden=8,
+                           **settings) == 'the C++ extension was not built'
+  why = kernels.refusal('cpu', 'lstm', NORMS['batch'], hoist_input=False, remat=True, unroll=1,
+                        hidden=8)
   assert why.startswith('the C++ extension was not built; it supports no scheme')
   config = helpers.config_module('digits').get_config('norm=batch,size=smoke')
   config.model.kernel = 'cpu'

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normrnn import kernels
+from normrnn import kernels, models
+from normrnn.config import schema
 from normrnn.kernels import pallas_lstm
 from normrnn.norms import NORMS, compose
 from tests import helpers
@@ -107,7 +108,8 @@ def test_batch_eval_population_tables_over_a_grid_of_two_programs():
 
 def test_registry_and_supports():
   assert kernels.KERNELS['pallas'].run is pallas_lstm.run
-  settings = dict(hoist_input=True, remat=False, unroll=1, train=True)
+  settings = dict(hoist_input=True, remat=False, unroll=1, hidden=pallas_lstm.MAX_HIDDEN,
+                  train=True)
   for name in ('none', 'batch', 'batch_input', 'layer', 'weight', 'sequence'):
     assert pallas_lstm.supports('lstm', NORMS[name], **settings) is None, name
   assert pallas_lstm.supports('lstm', compose('batch', input='sequence'), **settings) is None
@@ -115,11 +117,38 @@ def test_registry_and_supports():
     assert 'does not implement' in pallas_lstm.supports('lstm', NORMS[name], **settings)
   assert 'LSTM cell only' in pallas_lstm.supports('gru', NORMS['none'], **settings)
   assert 'unroll' in pallas_lstm.supports('lstm', NORMS['none'], **dict(settings, unroll=2))
+  # More units than the kernel holds: refused by `supports` itself (so before anything is
+  # built), for every scheme, and the refusal gives that reason alone, not a list of schemes.
+  big = dict(settings, hidden=pallas_lstm.MAX_HIDDEN + 1)
+  for name in ('none', 'batch', 'cosine'):
+    assert 'supports hidden <= 128' in pallas_lstm.supports('lstm', NORMS[name], **big), name
+  why = kernels.refusal('pallas', 'lstm', NORMS['batch'], **big)
+  assert why == ("the pallas kernel supports hidden <= 128 (one gate's W_h tile must fit in shared "
+                 'memory), got 129; use model.kernel=scan')
+  assert 'supports the schemes none, batch' in kernels.refusal('pallas', 'lstm', NORMS['cosine'],
+                                                               **settings)
   x, mask = helpers.data(batch=2, length=3)
-  big = _layer('none', train=True, kernel='pallas', hidden=pallas_lstm.MAX_HIDDEN + 1)
-  variables = jax.eval_shape(big.init, jax.random.PRNGKey(0), x, mask)  # init runs the scan
-  with pytest.raises(ValueError, match='model.kernel=scan'):
-    jax.eval_shape(big.apply, variables, x, mask)
+  layer = _layer('none', train=True, kernel='pallas', hidden=pallas_lstm.MAX_HIDDEN + 1)
+  with pytest.raises(ValueError, match='model.kernel=scan'):  # refused before its init, too
+    jax.eval_shape(layer.init, jax.random.PRNGKey(0), x, mask)
+
+
+def test_config_validation_refuses_more_units_than_the_kernel_holds():
+  """PTB's 1000 units with model.kernel=pallas fail at validation, before anything is written
+  or compiled, with one line naming the limit; a small model validates."""
+  config = helpers.config_module('ptb_char').get_config('norm=batch')
+  config.model.kernel = 'pallas'
+  with pytest.raises(schema.ConfigError,
+                     match=r"model.kernel='pallas' is not valid: the pallas kernel supports "
+                           r'hidden <= 128 .*got 1000; use model.kernel=scan') as err:
+    schema.validate(config)
+  assert '\n' not in str(err.value) and 'supports no scheme' not in str(err.value)
+  with pytest.raises(ValueError, match='hidden <= 128'):
+    models.RNNSpec(hidden=1000, norm='batch', max_time_steps=5, kernel='pallas')
+  small = helpers.config_module('digits').get_config('norm=batch,size=smoke')
+  small.model.kernel = 'pallas'
+  assert small.model.hidden <= pallas_lstm.MAX_HIDDEN
+  schema.validate(small)
 
 
 def test_lowers_to_triton_for_a_gpu(monkeypatch):

@@ -247,7 +247,7 @@ def validate(config, *, device_count: int | None = None,
   scheme = _check_sites(n, m.cell)
   _choice('model.kernel', m.kernel, kernels.names())
   why = kernels.refusal(m.kernel, m.cell, scheme, hoist_input=m.hoist_input, remat=m.remat,
-                        unroll=m.unroll)
+                        unroll=m.unroll, hidden=m.hidden)
   if why is not None:
     _fail(f'model.kernel={m.kernel!r} is not valid: {why}')
   if not n.gamma_init > 0:

@@ -7,9 +7,11 @@ the cells and schemes it supports, and is registered here as a `Kernel`: 'fused'
 fused_lstm.py), 'cpu' (the same loops in C++, cpu_lstm.py / cpu_lstm.cc), 'pallas' (GPU,
 pallas_lstm.py). Each has:
 
-  supports(cell, scheme, *, hoist_input, remat, unroll, train) -> None | reason
+  supports(cell, scheme, *, hoist_input, remat, unroll, hidden, train) -> None | reason
       `cell` a name of `normrnn.cells.CELLS`, `scheme` the (possibly per-site composed) Scheme
-      of the layer, the layer's settings and mode; None if the kernel runs that layer.
+      of the layer, the layer's settings, its number of hidden units and mode; None if the
+      kernel runs that layer. Every limit of the kernel is checked here, none only in `run`:
+      the config validation calls this before anything is written or compiled.
   run(cell, carry0, xs, consts, *, unroll, remat) -> (carry, (ys, moments))
       called by `Recurrent` where it would call the scan, with the same arguments: the bound
       cell, the initial carry, the time-major scanned inputs {'inputs', 'mask', 'stats',
@@ -61,18 +63,26 @@ def names() -> tuple[str, ...]:
 
 
 def refusal(kernel: str, cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
-            train: bool = True) -> str | None:
-  """None if `kernel` runs this layer, else one line saying why not and what it supports."""
+            hidden: int, train: bool = True) -> str | None:
+  """None if `kernel` runs this layer, else one line saying why not and what it supports.
+
+  The schemes it supports are listed (found by asking `supports` for every registered scheme
+  with these settings), unless every scheme is refused for this same reason: then the reason is
+  about the layer (cell, unroll, hidden size), not its scheme, and is given alone with the scan
+  as the alternative."""
   if kernel == SCAN:
     return None
   if kernel not in KERNELS:
     return f'unknown kernel; valid: {", ".join(names())}'
-  settings = dict(hoist_input=hoist_input, remat=remat, unroll=unroll, train=train)
+  settings = dict(hoist_input=hoist_input, remat=remat, unroll=unroll, hidden=hidden, train=train)
   reason = KERNELS[kernel].supports(cell, scheme, **settings)
   if reason is None:
     return None
-  ok = [name for name, s in NORMS.items()
-        if cell in s.cells and KERNELS[kernel].supports(cell, s, **settings) is None]
+  reasons = {name: KERNELS[kernel].supports(cell, s, **settings)
+             for name, s in NORMS.items() if cell in s.cells}
+  if all(r == reason for r in reasons.values()):
+    return f'{reason}; use model.kernel=scan'
+  ok = [name for name, r in reasons.items() if r is None]
   supported = (f'with cell={cell!r} it supports the schemes {", ".join(ok)}' if ok else
                f'it supports no scheme with cell={cell!r}')
   return f"{reason}; {supported}; kernel 'scan' runs every one"
@@ -83,7 +93,7 @@ def for_layer(kernel: str, cell, *, remat: bool, unroll: int) -> Kernel:
   ValueError with `refusal`'s line if it does not support that layer."""
   name = next((k for k, v in CELLS.items() if type(cell) is v), type(cell).__name__)
   reason = refusal(kernel, name, cell.scheme, hoist_input=cell.hoist_input, remat=remat,
-                   unroll=unroll, train=cell.train)
+                   unroll=unroll, hidden=cell.hidden, train=cell.train)
   if reason is not None:
     raise ValueError(f'kernel={kernel!r} is not valid: {reason}')
   return KERNELS[kernel]

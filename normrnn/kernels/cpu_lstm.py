@@ -129,13 +129,13 @@ def unavailable() -> str | None:
   return _load()
 
 
-def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
+def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int, hidden: int,
              train: bool = True) -> str | None:
   """The fused kernel's cells and schemes (the same maths) and streaming sites, where the
-  extension is built."""
+  extension is built; any `hidden` size (taken for the interface, unused)."""
   from normrnn.kernels import fused_lstm  # pylint: disable=g-import-not-at-top
   reason = fused_lstm.supports(cell, scheme, hoist_input=hoist_input, remat=remat,
-                               unroll=unroll, train=train, native=True)
+                               unroll=unroll, hidden=hidden, train=train, native=True)
   if reason is not None:
     return reason.replace('the fused kernel', 'the cpu kernel')
   return unavailable()

@@ -66,11 +66,12 @@ NATIVE_SITE_KINDS = {**SITE_KINDS, streaming.Streaming: 'streaming'}
 LOOP_SITES = ('input', 'recurrent', 'cell')
 
 
-def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
+def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int, hidden: int,
              train: bool = True, native: bool = False) -> str | None:
   """None if this kernel runs `cell` with `scheme`, else the reason it does not (`native`: the
-  C++ loops, which also run streaming sites)."""
-  del remat, unroll, train  # all settings supported
+  C++ loops, which also run streaming sites). Any `hidden` size (taken for the interface of
+  `normrnn.kernels`, unused)."""
+  del remat, unroll, hidden, train  # all settings and sizes supported
   kinds = NATIVE_SITE_KINDS if native else SITE_KINDS
   if cell != 'lstm':
     return f'the fused kernel implements the LSTM cell only, not {cell!r}'

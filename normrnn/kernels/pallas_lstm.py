@@ -39,12 +39,13 @@ Kernel design (`lstm_recurrence`):
     at 1-2 us; scripts/gpu_check.py times both placements).
   * Too large for the kernel: a streamed gate tile (a matmul operand, which Triton stages through
     shared memory) is 64 KiB at Hp = 128 but 256 KiB, more than an SM has, at Hp = 256, so the
-    kernel stops at MAX_HIDDEN = 128 and `run` refuses more, naming model.kernel=scan. At PTB's
-    H = 1000 (4H x H float32 = 16 MB) one thread block would in any case stream megabytes per
-    step, far slower than the scan's per-step matmul over all SMs. Splitting the 4H units over a
-    grid of thread blocks would need a grid-wide barrier every step (a cooperative launch):
-    Pallas exposes none, and interpret mode runs grid programs one after another, so such a
-    kernel could not be verified without a GPU; not done.
+    kernel stops at MAX_HIDDEN = 128 and `supports` refuses more (so the config validation
+    does, naming model.kernel=scan). At PTB's H = 1000 (4H x H float32 = 16 MB) one thread
+    block would in any case stream megabytes per step, far slower than the scan's per-step
+    matmul over all SMs. Splitting the 4H units over a grid of thread blocks would need a
+    grid-wide barrier every step (a cooperative launch): Pallas exposes none, and interpret
+    mode runs grid programs one after another, so such a kernel could not be verified without
+    a GPU; not done.
   * Grid: sites with batch statistics in training need the whole batch in one program (grid of
     1); otherwise rows are independent and the batch is split into blocks of `batch_block` rows
     (default 16), one program each, so several SMs work at once.
@@ -584,7 +585,7 @@ def lstm_recurrence(x_term, mask, h0, c0, kernel_h, bias, *, cfg: KernelConfig,
 SITE_CLASSES = {none.Identity: 'none', batch.BatchStep: 'batch', layer.LayerNorm: 'layer'}
 
 
-def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
+def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int, hidden: int,
              train: bool = True) -> str | None:
   """None if the Pallas kernel runs `cell` with `scheme` and these settings, else why not.
 
@@ -596,15 +597,18 @@ def supports(cell: str, scheme, *, hoist_input: bool, remat: bool, unroll: int,
   modes; masks, the reverse direction (`Recurrent` reverses the valid prefix around any loop),
   h_0 noise, a probe, chunked evaluation. So: none, batch, batch_input, layer, weight, sequence
   and per-site composites of these. Not: cosine, streaming, the GRU, the tanh RNN; unroll > 1
-  (the kernel's time loop is not unrolled); hidden > MAX_HIDDEN (checked by `run`, which knows
-  the size). remat either way: the backward kernel always recomputes each step from the saved
-  h_{t-1}, c_{t-1}, which is what remat asks for.
+  (the kernel's time loop is not unrolled); hidden > MAX_HIDDEN. remat either way: the backward
+  kernel always recomputes each step from the saved h_{t-1}, c_{t-1}, which is what remat asks
+  for.
   """
   del remat, train
   if cell != 'lstm':
     return f'the pallas kernel implements the LSTM cell only, not {cell!r}'
   if unroll != 1:
     return f'the pallas kernel runs its time loop inside one kernel, not unrolled (unroll={unroll})'
+  if hidden > MAX_HIDDEN:
+    return (f'the pallas kernel supports hidden <= {MAX_HIDDEN} (one gate\'s W_h tile must fit in '
+            f'shared memory), got {hidden}')
   hoisted = hoist_input or scheme.input.needs_whole_sequence
   for site in ('input', 'recurrent', 'cell'):
     if site == 'input' and hoisted:
@@ -620,10 +624,7 @@ def run(cell, carry0, xs, consts, *, unroll: int, remat: bool):
   NormLSTMCell, `carry0` its initial carry, `xs` the time-major scanned inputs {'inputs', 'mask',
   'stats', 'probe'?}, `consts` the hoisted constants. Returns (carry, (ys [T, B, H] zero at
   padded steps, moments {site: {'mean', 'var', 'count'}} of the sites computed here))."""
-  del unroll, remat  # see `supports`
-  if cell.hidden > MAX_HIDDEN:
-    raise ValueError(f'the pallas kernel supports hidden <= {MAX_HIDDEN} (one gate\'s W_h tile '
-                     f'must fit in shared memory), got {cell.hidden}; use model.kernel=scan')
+  del unroll, remat  # see `supports` (`Recurrent` checks it, hidden size included, first)
   scheme = cell.scheme
   params = cell.variables['params']
   inputs, mask, stats = xs['inputs'], xs['mask'], xs['stats']
