@@ -750,6 +750,7 @@ T* Out(ffi::Result<ffi::AnyBuffer>& b) {
 struct Shape {
   int t, b, h, g, d;
   bool in_loop;
+  bool identity;  // every site an identity (none, weight): nothing normalizes
 };
 
 template <typename T>
@@ -765,6 +766,7 @@ Shape SetSites(const ffi::RemainingArgs& args, const int64_t kinds[3], double ep
   sh.b = static_cast<int>(xs[1]);
   sh.d = static_cast<int>(xs[2]);
   sh.in_loop = arg(1).element_count() > 0;
+  sh.identity = kinds[0] == kIdentity && kinds[1] == kIdentity && kinds[2] == kIdentity;
   for (int k = 0; k < 3; ++k) {
     Site<T>& s = sites[k];
     s.kind = static_cast<Kind>(kinds[k]);
@@ -843,7 +845,7 @@ T Count(const float* mt, int b) {
 // 20-28 for each site k (streaming only, else absent) its initial sums n [B], s1, s2 [B, F] at
 // 20 + 3k.. Rets: 0 h_T [B, H]   1 c_T   2 ys [T, B, H] (absent: cpu_lstm.py derives them from
 // 3)   3 h_{t-1} per step [T, B, H] (absent: not saved)   4 c_{t-1} per step   5 W_h h_{t-1} per
-// step [T, B, G] (absent: not saved)
+// step [T, B, G] (absent: not saved; with identity sites the gate activations instead)
 // 6-8 the three sites' batch means [T, F] (absent where not computed)   9-11 their variances
 // 12-20 for each streaming site k at 12 + 3k: its final n [B], s1, s2 [B, F].
 template <typename T>
@@ -934,6 +936,10 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
       }
       Activations(sites, w, me, t, B, sh, inputs + row * (sh.in_loop ? D : G), &wx, aht, bias,
                   c.data(), mr, n, st);
+      // With identity sites the backward needs the gate activations, not W_h h_{t-1}: saved in
+      // its place (this thread's rows; the step's matmul is done), they spare the backward the
+      // step's input matmul and 4H of its 5H transcendentals per row (PTB: ~4% of the step).
+      if (ah_save && sh.identity) std::copy(acts.begin(), acts.end(), aht);
       for (int k = 0; k < R * H; ++k) ch[k] = Tanh(ch[k]);
       T* yt = ys ? ys + row * H : nullptr;
       for (int i = 0; i < R; ++i) {
@@ -970,8 +976,8 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
 }
 
 // Backward. Args after the shared 0-18: 19 h_{t-1} per step   20 c_{t-1} per step
-// 21 W_h h_{t-1} per step (absent: recomputed)   22 dL/dh_T   23 dL/dc_T   24 dL/dys (absent:
-// zero)   25-27 cotangents of the sites' returned means (absent: zero)   28-30 of the variances
+// 21 W_h h_{t-1} per step (absent: recomputed; identity sites: the gate activations)
+// 22 dL/dh_T   23 dL/dc_T   24 dL/dys (absent: zero)   25-27 cotangents of the sites' returned means (absent: zero)   28-30 of the variances
 // 31-45 for each streaming site k at 31 + 5k: the final n, s1, s2 (the forward's), then
 // dL/d(final s1), dL/d(final s2) (absent: zero)   46-48 per site this batch's means [T, F]
 // (streaming in training with moment cotangents, else absent).
@@ -1122,7 +1128,19 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         const T* aht = ah_saved ? ah_saved + row * G
                                 : (columns ? ahs.data() + (slot + r0) * G : ah.data() + slot * G);
         const T* x = sh.in_loop ? x_chunk.data() + long(t - t0) * R * D : inputs + row * G;
-        Activations(sites, w, me, t, B, sh, x, &wx, aht, bias, cp, mr, n, st);
+        const T* act = acts.data();
+        if (ah_saved && sh.identity) {  // the forward saved the gate activations (see there)
+          act = aht;
+          for (int i = 0; i < R; ++i) {  // c_t = sigma(f) c_{t-1} + sigma(i) tanh(g), as GateRow
+            const T* __restrict a = act + long(i) * G;
+            const T* __restrict cpi = cp + long(i) * H;
+            T* __restrict ci = cn.data() + long(i) * H;
+            for (int j = 0; j < H; ++j) ci[j] = a[H + j] * cpi[j] + a[2 * H + j] * a[j];
+          }
+          SiteForward(sites[2], 2, w, me, t, B, cn.data(), mr, n, ch.data());
+        } else {
+          Activations(sites, w, me, t, B, sh, x, &wx, aht, bias, cp, mr, n, st);
+        }
         // Back through the output and the hold of padded steps.
         for (int k = 0; k < R * H; ++k) tau[k] = Tanh(ch[k]);
         if (dys)
@@ -1136,7 +1154,7 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         // nothing reaches the step's activations. Selected, not multiplied by the mask: those
         // activations come from whatever fills the padding and may be inf or NaN in float32.
         for (int i = 0; i < R; ++i) {
-          const T* __restrict o = acts.data() + long(i) * G + 3 * H;
+          const T* __restrict o = act + long(i) * G + 3 * H;
           const T* __restrict dhi = dh + long(i) * H;
           const T* __restrict ti = tau.data() + long(i) * H;
           T* __restrict dhni = dhn.data() + long(i) * H;
@@ -1157,7 +1175,7 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         if (dprobe) std::copy(dhn.begin(), dhn.end(), dprobe + row * H);
         SiteBackward(sites[2], 2, w, me, t, train, cn.data(), mr, n, dch.data(), dcc.data());
         for (int i = 0; i < R; ++i) {
-          const T* __restrict a = acts.data() + long(i) * G;
+          const T* __restrict a = act + long(i) * G;
           const T* __restrict cpi = cp + long(i) * H;
           const T* __restrict dcci = dcc.data() + long(i) * H;
           const T* __restrict dhni = dhn.data() + long(i) * H;

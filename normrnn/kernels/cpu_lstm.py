@@ -222,7 +222,8 @@ def _shape(shape, dtype, present=True):
 def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
   """fused_lstm._forward's contract, computed by the C++ forward loop: ((h_T, c_T, the streaming
   sites' final sums), ys, moments), residuals (h_{t-1}, c_{t-1}, W_h h_{t-1} or None, the
-  streaming sites' final sums)."""
+  streaming sites' final sums). Where every site is an identity the third holds the steps' gate
+  activations instead of W_h h_{t-1} (same shape; the C++ backward needs nothing else)."""
   h0, norm0 = carry0[0], carry0[2]
   dtype, (length, batch), hidden = h0.dtype, mask.shape, h0.shape[-1]
   widths = dict(input=4 * hidden, recurrent=4 * hidden, cell=hidden)
