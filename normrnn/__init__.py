@@ -12,6 +12,7 @@ Public API (README, "Python API"):
   normrnn.launch                       launching sets of runs (sweeps, reproduce tables)
   normrnn.config                       config schema, validation and loading config files
   normrnn.popstats.reestimate          population statistics from per-batch moments
+  normrnn.bench                        the benchmark's shapes, models and timed train step
 """
 from normrnn.rnn import NormRNN
 

@@ -5,6 +5,10 @@ process.
         [--kernels fused,...] [--unroll N] [--remat auto|true|false]
         [--hoist-input auto|true|false] [--eval-length L] [--no-torch] [--torch-threads N]
 
+The shapes, the models, the batches, the train step and its timing are `normrnn.bench`'s (shared
+with scripts/gpu_check.py); this script adds the command line, the run plan (which kernel runs
+which scheme), the torch columns, the matmul peak, the eval pass and the tables.
+
 One float32 train step = forward + backward over the whole sequence + optax Adam update
 (softmax cross-entropy, mean over the targets), jitted; compile (`.lower().compile()`) timed
 apart as compile_s; 2 warm-up steps; `--reps` timed steps (`jax.block_until_ready`) taken
@@ -16,11 +20,12 @@ Models:
 * flax_optimized_lstm = `nn.RNN(nn.OptimizedLSTMCell(H))` + Dense, the reference (unroll 1
   always: --unroll/--remat go to the normrnn models as RNNSpec.unroll/remat);
 * one per LSTM scheme of `normrnn.norms.NORMS` (by default every one registered when the command
-  runs, see `default_schemes`; `models.SequenceClassifier` for smnist, `models.CharLM` for ptb;
-  options `NORMS[name].make_options()`: the scheme's declared gamma_init and option defaults; W_h
-  orthogonal; max_time_steps = the sequence length; hoist_input and remat as the task configs:
-  hoist_input False for both, remat True for smnist and False for ptb, the faster settings on
-  CPU, docs/benchmarks.md), run by the reference scan (model.kernel='scan');
+  runs, see `normrnn.bench.default_schemes`; `models.SequenceClassifier` for smnist,
+  `models.CharLM` for ptb; options `NORMS[name].make_options()`: the scheme's declared
+  gamma_init and option defaults; W_h orthogonal; max_time_steps = the sequence length;
+  hoist_input and remat as the task configs: hoist_input False for both, remat True for smnist
+  and False for ptb, the faster settings on CPU, docs/benchmarks.md), run by the reference scan
+  (model.kernel='scan');
 * '<scheme>/<kernel>' = the same model run by each kernel of --kernels (default: fused,cpu;
   `normrnn.kernels.KERNELS`) that supports the scheme (the others are listed under "skipped");
   the JSON records the C++ kernel's BLAS kernel set (`cpu_kernel_blas`, e.g. SkylakeX or Haswell:
@@ -53,151 +58,33 @@ import os
 import platform
 import statistics
 import sys
-import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from normrnn import kernels, models
+from normrnn import kernels
+from normrnn.bench import (AUTO, REF, SHAPES, JaxBench, build_model, default_schemes,
+                           forward_flops, make_batch, memory_mb, spec_settings, timed)
 from normrnn.kernels import cpu_lstm
 from normrnn.norms import NORMS
 
-SHAPES = {  # per_step: loss at every step; stats_rate as in the paper's code (README)
-    'smnist': dict(batch=64, length=784, features=1, hidden=100, classes=10, per_step=False,
-                   stats_rate=0.01, hoist_input=False, remat=True),
-    'ptb': dict(batch=64, length=100, features=50, hidden=1000, classes=50, per_step=True,
-                stats_rate=0.05, hoist_input=False, remat=False),
-}
-REF, TORCH, TORCH_BN = 'flax_optimized_lstm', 'torch_lstm', 'torch_bn_lstm'
+TORCH, TORCH_BN = 'torch_lstm', 'torch_bn_lstm'
 
 
-def forward_flops(s, length):
-  b, d, h, c = s['batch'], s['features'], s['hidden'], s['classes']
-  return 2 * b * length * (d * 4 * h + h * 4 * h) + 2 * b * (length if s['per_step'] else 1) * h * c
-
-
-def make_batch(s, length, seed=0):
-  rng, b = np.random.default_rng(seed), s['batch']
-  if s['per_step']:  # ptb: integer symbols in, next symbols out, loss at every step
-    inputs = rng.integers(0, s['features'], (b, length)).astype(np.int32)
-    targets = rng.integers(0, s['classes'], (b, length)).astype(np.int32)
-  else:  # smnist: one pixel per step, one label per sequence
-    inputs = rng.random((b, length, 1), dtype=np.float32)
-    targets = rng.integers(0, s['classes'], (b,)).astype(np.int32)
-  return dict(inputs=jnp.asarray(inputs), mask=jnp.ones((b, length), jnp.float32),
-              targets=jnp.asarray(targets))
-
-
-class FlaxLSTM(nn.Module):
-  """The reference: flax's fused-gate LSTM cell in nn.RNN, Dense head (mask unused: all valid)."""
-  hidden: int
-  classes: int
-  per_step: bool
-  one_hot: int = 0
-
-  @nn.compact
-  def __call__(self, x, mask=None, *, train=True):
-    del mask, train
-    if self.one_hot:
-      x = jax.nn.one_hot(x, self.one_hot, dtype=jnp.float32)
-    h = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
-    return nn.Dense(self.classes)(h if self.per_step else h[:, -1])
-
-
-def default_schemes() -> list[str]:
-  """Every scheme of the registry with an LSTM form, read now (schemes registered at run time
-  included)."""
-  return [name for name, scheme in NORMS.items() if 'lstm' in scheme.cells]
-
-
-def spec_settings(s, args):
-  """RNNSpec's unroll, remat and hoist_input for shape `s` and the parsed `args`."""
-  return dict(
-      unroll=args.unroll, remat=s['remat'] if args.remat == 'auto' else args.remat == 'true',
-      hoist_input=s['hoist_input'] if args.hoist_input == 'auto' else args.hoist_input == 'true')
+def spec_kwargs(args):
+  """build_model's unroll, remat and hoist_input from the parsed `args` ('true'/'false' as bools,
+  'auto' as is: the shape's setting)."""
+  choice = {'auto': AUTO, 'true': True, 'false': False}
+  return dict(unroll=args.unroll, remat=choice[args.remat], hoist_input=choice[args.hoist_input])
 
 
 def kernel_refusal(name, kernel, s, args):
   """None if `kernel` runs scheme `name` with these settings, else why not."""
-  settings = spec_settings(s, args)
+  settings = spec_settings(s, **spec_kwargs(args))
   return kernels.refusal(kernel, 'lstm', NORMS[name], hoist_input=settings['hoist_input'],
                          remat=settings['remat'], unroll=settings['unroll'], hidden=s['hidden'])
-
-
-def build_model(name, s, args, kernel=kernels.SCAN):
-  """The benchmarked model `name` (REF or a registered LSTM scheme) for shape `s` (a SHAPES
-  entry), the parsed `args` (unroll, remat, hoist_input) and the `kernel` of the recurrence."""
-  if name == REF:
-    return FlaxLSTM(s['hidden'], s['classes'], s['per_step'],
-                    s['features'] if s['per_step'] else 0)
-  scheme = NORMS.get(name)
-  if scheme is None or 'lstm' not in scheme.cells:
-    raise ValueError(f'{name!r} is not a registered LSTM scheme; valid: '
-                     f'{", ".join(default_schemes())}')
-  spec = models.RNNSpec(
-      cell='lstm', hidden=s['hidden'], layers=1, norm=name,
-      options=scheme.make_options(gamma_init=scheme.gamma_init, eps=1e-5),
-      recurrent_init='orthogonal', forget_bias=1.0, h0_noise=0.0, max_time_steps=s['length'],
-      stats_rate=s['stats_rate'], kernel=kernel, **spec_settings(s, args))
-  if s['per_step']:
-    return models.CharLM(spec, vocab_size=s['classes'])
-  return models.SequenceClassifier(spec, num_classes=s['classes'])
-
-
-def make_step(model, tx):
-  def loss_fn(params, stats, batch):
-    variables = {'params': params, **({'batch_stats': stats} if stats else {})}
-    logits, updated = model.apply(variables, batch['inputs'], batch['mask'], train=True,
-                                  mutable=['batch_stats'])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets']).mean()
-    return loss, updated.get('batch_stats', stats)
-
-  def step(params, stats, opt_state, batch):
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), stats, opt_state, loss
-
-  return step
-
-
-def memory_mb(compiled):
-  m = compiled.memory_analysis()  # None (or an error) where the backend does not report it
-  return None if m is None else (m.argument_size_in_bytes + m.output_size_in_bytes
-                                 + m.temp_size_in_bytes) / 1e6
-
-
-def timed(fn):
-  t = time.perf_counter()
-  jax.block_until_ready(fn())  # torch's step returns a float: a no-op there
-  return time.perf_counter() - t
-
-
-class JaxBench:
-  """One model: compiled train step, its state, and its timings."""
-
-  def __init__(self, name, model, batch, tx):
-    self.name, self.model, self.batch, self.times = name, model, batch, []
-    variables = jax.jit(lambda k: model.init(k, batch['inputs'], batch['mask'], train=True))(
-        jax.random.PRNGKey(0))
-    params, stats = variables['params'], variables.get('batch_stats', {})
-    self.state = (params, stats, tx.init(params))
-    t = time.perf_counter()
-    self.compiled = jax.jit(make_step(model, tx)).lower(*self.state, batch).compile()
-    self.compile_s = time.perf_counter() - t
-    self.memory_mb = memory_mb(self.compiled)
-
-  def step(self):
-    params, stats, opt_state, loss = self.compiled(*self.state, self.batch)
-    self.state = (params, stats, opt_state)
-    return loss
-
-  def rep(self):
-    """One untimed step (it absorbs what the previous model left running), then a timed one."""
-    jax.block_until_ready(self.step())
-    self.times.append(timed(self.step))
 
 
 class TorchBench:
@@ -407,7 +294,8 @@ def main(argv=None):
   runs, skipped = plan_runs(s, args)
   for key, (name, kernel) in runs.items():
     print(f'compiling {key} ...', file=sys.stderr, flush=True)
-    benches[key] = JaxBench(key, build_model(name, s, args, kernel), batch, tx)
+    benches[key] = JaxBench(key, build_model(name, s, kernel=kernel, **spec_kwargs(args)),
+                             batch, tx)
   if not args.no_torch:
     note = add_torch(benches, s, batch, args.torch_threads)
     if note:

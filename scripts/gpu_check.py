@@ -7,7 +7,7 @@ Sections, in priority order (each in its own child process: a crash, an out-of-m
 timeout of one is recorded and the others still run; the JSON is rewritten after each; sections
 that would start after --budget-s are recorded as skipped; --sections runs a subset):
 
-  bench/<shape>   the side-by-side train step of scripts/benchmark.py (its functions, its shapes:
+  bench/<shape>   scripts/benchmark.py's side-by-side train step (normrnn.bench, its shapes:
       sMNIST B64 T784 D1 H100, PTB B64 T100 one-hot 50 H1000; float32, forward + backward +
       Adam): flax's nn.OptimizedLSTMCell (the reference), cuDNN's LSTM through
       jax.experimental.rnn, every LSTM scheme of normrnn through the scan, and the schemes of
@@ -30,12 +30,9 @@ that would start after --budget-s are recorded as skipped; --sections runs a sub
 The result records the device, versions, default matmul precision, date and command.
 """
 import argparse
-import dataclasses
 import datetime
 import json
-import os
 import platform
-import runpy
 import statistics
 import subprocess
 import sys
@@ -58,11 +55,6 @@ SMOKE_SHAPES = dict(smnist=dict(batch=4, length=6, hidden=8),
                     ptb=dict(batch=4, length=5, hidden=8))
 TASKS = dict(smnist=('smnist.py', 'mnist10k', 'mnist'),
              ptb=('ptb_char.py', 'ptb_char_valid', 'ptb_char'))
-
-
-def _benchmark():
-  """scripts/benchmark.py's functions (a script beside this one, not a package module)."""
-  return runpy.run_path(str(Path(__file__).with_name('benchmark.py')))
 
 
 def _error(exc: BaseException) -> str:
@@ -106,31 +98,27 @@ def bench_shape(shape: str, args) -> dict:
   import jax
   import optax
   from normrnn import kernels
+  from normrnn.bench import (REF, SHAPES, JaxBench, build_model, default_schemes, forward_flops,
+                             make_batch)
 
-  b = _benchmark()
-  s = dict(b['SHAPES'][shape], **(SMOKE_SHAPES[shape] if args.smoke else {}))
-  bargs = b['parse_args'](['--shape', shape, '--json', os.devnull])  # benchmark.py's defaults
-  ref = b['REF']
-  batch, tx = b['make_batch'](s, s['length']), optax.adam(1e-3)
-  schemes = args.schemes or b['default_schemes']()
-  makers = {ref: lambda: b['build_model'](ref, s, bargs),
+  s = dict(SHAPES[shape], **(SMOKE_SHAPES[shape] if args.smoke else {}))
+  batch, tx = make_batch(s, s['length']), optax.adam(1e-3)
+  schemes = args.schemes or default_schemes()
+  # build_model's default settings: unroll 1, remat and hoist_input as the task configs.
+  makers = {REF: lambda: build_model(REF, s),
             'cudnn_lstm': lambda: cudnn_model(s['hidden'], s['classes'], s['per_step'],
                                               s['features'] if s['per_step'] else 0)}
   for name in schemes:
-    makers[name] = lambda name=name: b['build_model'](name, s, bargs)
-
-  def with_kernel(name, kernel):
-    model = b['build_model'](name, s, bargs)
-    return model.clone(spec=dataclasses.replace(model.spec, kernel=kernel))
-
+    makers[name] = lambda name=name: build_model(name, s)
   for kernel in kernels.KERNELS:
     for name in [x for x in args.kernel_schemes if x in schemes]:
-      makers[f'{name}@{kernel}'] = lambda name=name, kernel=kernel: with_kernel(name, kernel)
+      makers[f'{name}@{kernel}'] = lambda name=name, kernel=kernel: build_model(name, s,
+                                                                                 kernel=kernel)
   benches, errors = {}, {}
   for name, make in makers.items():
     print(f'[{shape}] compiling {name}', file=sys.stderr, flush=True)
     try:
-      bench = b['JaxBench'](name, make(), batch, tx)
+      bench = JaxBench(name, make(), batch, tx)
       for _ in range(2):  # warm-up
         jax.block_until_ready(bench.step())
       benches[name] = bench
@@ -144,9 +132,9 @@ def bench_shape(shape: str, args) -> dict:
   out = dict(shape=dict(s), reps=args.reps, ms=ms, errors=errors,
              compile_s={k: v.compile_s for k, v in benches.items()},
              xla_memory_mb={k: v.memory_mb for k, v in benches.items()},
-             gflops={k: 3 * b['forward_flops'](s, s['length']) / (v / 1e3) / 1e9
+             gflops={k: 3 * forward_flops(s, s['length']) / (v / 1e3) / 1e9
                      for k, v in ms.items()})
-  for base in (ref, 'cudnn_lstm'):
+  for base in (REF, 'cudnn_lstm'):
     if base in ms:
       out[f'ratio_to_{base}'] = {k: v / ms[base] for k, v in ms.items()}
   return out

@@ -2,7 +2,6 @@
 (RMS normalization) is saved to a temporary directory, registered, and then picked up by config
 validation, a smoke training run, a reproduce table row and the benchmark's scheme list, with no
 file of the repository touched."""
-import argparse
 import importlib.util
 import math
 import re
@@ -12,14 +11,13 @@ import jax
 import numpy as np
 import pytest
 
-from normrnn import norms, trainer
+from normrnn import bench, norms, trainer
 from normrnn.config import ConfigError, validate
 from tests import helpers
 from tests.test_data import ptb_dir  # noqa: F401  (pytest fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 reproduce = helpers.load_script('experiments/reproduce.py')
-benchmark = helpers.load_script('scripts/benchmark.py')
 
 
 def _readme_scheme_file() -> str:
@@ -100,10 +98,9 @@ def test_readme_scheme_plugs_into_every_table(rms_scheme, tmp_path, ptb_dir):  #
       table)
 
   # The benchmark times it: in the default scheme list, and its model builds and runs.
-  assert 'rms' in benchmark.default_schemes()
-  shape = dict(benchmark.SHAPES['smnist'], batch=2, length=5, hidden=4)
-  args = argparse.Namespace(unroll=1, remat='auto', hoist_input='auto')
-  model = benchmark.build_model('rms', shape, args)
-  batch = benchmark.make_batch(shape, shape['length'])
+  assert 'rms' in bench.default_schemes()
+  shape = dict(bench.SHAPES['smnist'], batch=2, length=5, hidden=4)
+  model = bench.build_model('rms', shape)
+  batch = bench.make_batch(shape, shape['length'])
   variables = model.init(jax.random.PRNGKey(0), batch['inputs'], batch['mask'], train=True)
   assert model.apply(variables, batch['inputs'], batch['mask'], train=False).shape == (2, 10)

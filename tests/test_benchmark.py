@@ -1,5 +1,6 @@
-"""scripts/benchmark.py on tiny shapes: its scheme list follows the registry at run time, and
-every registered scheme builds and takes a train step (no timing assertions)."""
+"""scripts/benchmark.py and its shared parts (normrnn.bench) on tiny shapes: its scheme list
+follows the registry at run time, and every registered scheme builds and takes a train step (no
+timing assertions)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,11 +12,12 @@ import numpy as np
 import optax
 import pytest
 
+from normrnn import bench
 from normrnn.kernels import cpu_lstm
 from normrnn.norms import NORMS, register, unregister
 from tests.helpers import load_script
 
-benchmark = load_script('scripts/benchmark.py')
+benchmark = load_script('scripts/benchmark.py')  # the command line (a script, not a module)
 
 TINY = {  # the two SHAPES kinds (one label per sequence / a loss at every step), tiny
     'smnist': dict(batch=3, length=6, features=1, hidden=4, classes=3, per_step=False,
@@ -35,14 +37,14 @@ def throwaway():
 
 
 def test_scheme_list_reads_the_registry_at_run_time(throwaway):
-  assert benchmark.default_schemes() == list(NORMS)
-  assert throwaway.name in benchmark.default_schemes()
+  assert bench.default_schemes() == list(NORMS)
+  assert throwaway.name in bench.default_schemes()
   args = benchmark.parse_args(['--shape', 'smnist', '--json', 'out.json'])
   assert args.schemes == list(NORMS) and throwaway.name in args.schemes
   assert benchmark.parse_args(['--shape', 'ptb', '--json', 'out.json',
                                '--schemes', f'batch,{throwaway.name}']).schemes == [
                                    'batch', throwaway.name]
-  model = benchmark.build_model(throwaway.name, TINY['smnist'], args)
+  model = bench.build_model(throwaway.name, TINY['smnist'], **benchmark.spec_kwargs(args))
   assert model.spec.options.gamma_init == 0.7  # the scheme's declared gamma_init
 
 
@@ -51,8 +53,9 @@ def test_unknown_scheme_is_refused(capsys):
     benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--schemes', 'batch,nope'])
   assert 'unknown scheme' in capsys.readouterr().err
   with pytest.raises(ValueError, match='not a registered LSTM scheme'):
-    benchmark.build_model('nope', TINY['smnist'], benchmark.parse_args(
-        ['--shape', 'smnist', '--json', 'x']))
+    bench.build_model('nope', TINY['smnist'])
+  with pytest.raises(ValueError, match="remat='true'"):  # a bool or 'auto', not the CLI's string
+    bench.build_model('batch', TINY['smnist'], remat='true')
 
 
 @pytest.mark.parametrize('shape', sorted(TINY))
@@ -61,13 +64,12 @@ def test_every_scheme_builds_and_traces(shape, throwaway):
   its train step traces to a scalar loss (jax.eval_shape: no compilation, so it stays fast;
   test_main_writes_the_json runs real steps)."""
   s = TINY[shape]
-  args = benchmark.parse_args(['--shape', shape, '--json', 'x'])
-  batch, tx = benchmark.make_batch(s, s['length']), optax.adam(1e-3)
-  names = [benchmark.REF] + benchmark.default_schemes()
+  batch, tx = bench.make_batch(s, s['length']), optax.adam(1e-3)
+  names = [bench.REF] + bench.default_schemes()
   assert throwaway.name in names
   for name in names:
-    model = benchmark.build_model(name, s, args)
-    if name != benchmark.REF:
+    model = bench.build_model(name, s)
+    if name != bench.REF:
       scheme = NORMS[name]
       assert model.spec.options == scheme.make_options()
       assert model.spec.options.gamma_init == scheme.gamma_init
@@ -76,13 +78,13 @@ def test_every_scheme_builds_and_traces(shape, throwaway):
         lambda k, m=model: m.init(k, batch['inputs'], batch['mask'], train=True),
         jax.random.PRNGKey(0))
     params, stats = variables['params'], variables.get('batch_stats', {})
-    *_, loss = jax.eval_shape(benchmark.make_step(model, tx), params, stats,
+    *_, loss = jax.eval_shape(bench.make_step(model, tx), params, stats,
                               jax.eval_shape(tx.init, params), batch)
     assert loss.shape == () and loss.dtype == jax.numpy.float32, name
 
 
 def test_main_writes_the_json(tmp_path, monkeypatch):
-  monkeypatch.setitem(benchmark.SHAPES, 'smnist', TINY['smnist'])
+  monkeypatch.setitem(bench.SHAPES, 'smnist', TINY['smnist'])
   matmul = benchmark.matmul_gflops
   monkeypatch.setattr(benchmark, 'matmul_gflops', lambda: matmul(n=64, reps=2))
   out = tmp_path / 'bench.json'
@@ -90,12 +92,12 @@ def test_main_writes_the_json(tmp_path, monkeypatch):
                   '--no-torch', '--eval-length', '8'])
   r = json.loads(out.read_text())
   # The fused kernels beside the scan (the C++ one where its extension is built).
-  models = [benchmark.REF, 'batch', 'batch/fused'] + ['batch/cpu'] * (cpu_lstm.unavailable() is None)
+  models = [bench.REF, 'batch', 'batch/fused'] + ['batch/cpu'] * (cpu_lstm.unavailable() is None)
   for key in ('ms', 'ratio_to_flax', 'gflops', 'peak_memory_mb', 'compile_s'):
     assert list(r[key]) == models, key
   if cpu_lstm.unavailable() is None:
     assert r['cpu_kernel_blas'] and r['cpu_kernel_threads'] >= 1
-  assert r['shape'] == 'smnist' and r['ratio_to_flax'][benchmark.REF] == 1.0
+  assert r['shape'] == 'smnist' and r['ratio_to_flax'][bench.REF] == 1.0
   assert r['ratio_to_torch_bn'] == {} and len(r['load_average']['before']) == 3
   assert all(math.isfinite(v) and v > 0 for v in r['ms'].values())
   assert list(r['eval']['ms']) == models and r['eval']['length'] == 8
@@ -111,14 +113,19 @@ def test_kernel_list():
     assert benchmark.kernel_refusal(name, 'fused', TINY['ptb'], args) is None, name
   # The shape's hidden size is checked too: PTB's 1000 units are more than the Pallas kernel holds.
   assert benchmark.kernel_refusal('batch', 'pallas', TINY['ptb'], args) is None
-  assert 'hidden <= 128' in benchmark.kernel_refusal('batch', 'pallas', benchmark.SHAPES['ptb'],
-                                                     args)
-  model = benchmark.build_model('batch', TINY['ptb'], args, 'fused')
+  assert 'hidden <= 128' in benchmark.kernel_refusal('batch', 'pallas', bench.SHAPES['ptb'], args)
+  model = bench.build_model('batch', TINY['ptb'], kernel='fused')
   assert model.spec.kernel == 'fused'
+  # The command line's settings reach the spec; 'auto' = the shape's (the task configs').
+  assert (model.spec.unroll, model.spec.remat, model.spec.hoist_input) == (1, False, False)
+  args = benchmark.parse_args(['--shape', 'ptb', '--json', 'x', '--unroll', '2', '--remat', 'true',
+                               '--hoist-input', 'true'])
+  spec = bench.build_model('batch', TINY['ptb'], **benchmark.spec_kwargs(args)).spec
+  assert (spec.unroll, spec.remat, spec.hoist_input) == (2, True, True)
   # Every scheme by the scan, then by each kernel that supports it; the rest listed as skipped.
   args = benchmark.parse_args(['--shape', 'smnist', '--json', 'x', '--schemes', 'batch,streaming'])
   runs, skipped = benchmark.plan_runs(TINY['smnist'], args)
-  expected = {benchmark.REF: (benchmark.REF, 'scan'), 'batch': ('batch', 'scan'),
+  expected = {bench.REF: (bench.REF, 'scan'), 'batch': ('batch', 'scan'),
               'streaming': ('streaming', 'scan'), 'batch/fused': ('batch', 'fused')}
   if cpu_lstm.unavailable() is None:  # the C++ kernel runs streaming too
     expected.update({'batch/cpu': ('batch', 'cpu'), 'streaming/cpu': ('streaming', 'cpu')})
@@ -134,10 +141,10 @@ def test_torch_bn_lstm_is_the_bn_lstm(shape):
   peers' code does: its batch statistics include the padded rows.)"""
   torch = pytest.importorskip('torch')
   s = TINY[shape]
-  batch = benchmark.make_batch(s, s['length'])
-  bench = benchmark.TorchBench(s, batch, bn=True)
-  cell = bench.lstm.cell
-  model = benchmark.build_model('batch', s, benchmark.parse_args(['--shape', shape, '--json', 'x']))
+  batch = bench.make_batch(s, s['length'])
+  torch_bench = benchmark.TorchBench(s, batch, bn=True)
+  cell = torch_bench.lstm.cell
+  model = bench.build_model('batch', s)
   variables = model.init(jax.random.PRNGKey(0), batch['inputs'], batch['mask'], train=True)
   params = jax.tree.map(np.asarray, variables['params'])
   c = params['rnn']['layer_0']['cell']
@@ -148,26 +155,26 @@ def test_torch_bn_lstm_is_the_bn_lstm(shape):
     for site, bn in (('input', cell.bn_ih), ('recurrent', cell.bn_hh), ('cell', cell.bn_c)):
       bn.weight.copy_(t(c[f'{site}_norm']['gamma']))
     cell.bn_c.bias.copy_(t(c['cell_norm']['beta']))
-    hs = bench.lstm(bench.x, bench.mask).numpy()
-  stack = model.spec.stack(bench.x.shape[-1], train=True)
-  x = jax.numpy.asarray(bench.x.numpy())
+    hs = torch_bench.lstm(torch_bench.x, torch_bench.mask).numpy()
+  stack = model.spec.stack(torch_bench.x.shape[-1], train=True)
+  x = jax.numpy.asarray(torch_bench.x.numpy())
   (ys, _), _ = jax.jit(lambda v: stack.apply(v, x, batch['mask'], mutable=['batch_stats']))(
       {'params': params['rnn'], 'batch_stats': variables['batch_stats']['rnn']})
   np.testing.assert_allclose(hs, np.asarray(ys), rtol=1e-4, atol=1e-5)
   before = cell.bn_ih.running_mean_0.clone()
-  assert math.isfinite(bench.step())
+  assert math.isfinite(torch_bench.step())
   assert not torch.equal(before, cell.bn_ih.running_mean_0)
 
 
 def test_main_with_torch(tmp_path, monkeypatch):
   pytest.importorskip('torch')
-  monkeypatch.setitem(benchmark.SHAPES, 'ptb', TINY['ptb'])
+  monkeypatch.setitem(bench.SHAPES, 'ptb', TINY['ptb'])
   matmul = benchmark.matmul_gflops
   monkeypatch.setattr(benchmark, 'matmul_gflops', lambda: matmul(n=64, reps=2))
   out = tmp_path / 'bench.json'
   benchmark.main(['--shape', 'ptb', '--json', str(out), '--reps', '1', '--schemes', 'none',
                   '--kernels', ''])
   r = json.loads(out.read_text())
-  models = [benchmark.REF, 'none', benchmark.TORCH, benchmark.TORCH_BN]
+  models = [bench.REF, 'none', benchmark.TORCH, benchmark.TORCH_BN]
   assert list(r['ms']) == models and list(r['ratio_to_torch_bn']) == models
   assert r['ratio_to_torch_bn'][benchmark.TORCH_BN] == 1.0 and r['skipped'] == {}
