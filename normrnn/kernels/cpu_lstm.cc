@@ -135,8 +135,10 @@ class Weight<float> {
           for (int kk = 0; kk < k; ++kk) dst[long(kk) * 32 + c] = src[kk];
         }
       } else {
-        for (int kk = 0; kk < k; ++kk) std::copy(w + long(kk) * ldw + c0, w + long(kk) * ldw + c0 + nc,
-                                                 dst + long(kk) * 32);
+        for (int kk = 0; kk < k; ++kk) {
+          const float* src = w + long(kk) * ldw + c0;
+          std::copy(src, src + nc, dst + long(kk) * 32);
+        }
       }
     }
   }
@@ -938,7 +940,7 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
                   c.data(), mr, n, st);
       // With identity sites the backward needs the gate activations, not W_h h_{t-1}: saved in
       // its place (this thread's rows; the step's matmul is done), they spare the backward the
-      // step's input matmul and 4H of its 5H transcendentals per row (PTB: ~4% of the step).
+      // step's input matmul and 4H of its 5H transcendentals per row (PTB: ~10 ms of ~290).
       if (ah_save && sh.identity) std::copy(acts.begin(), acts.end(), aht);
       for (int k = 0; k < R * H; ++k) ch[k] = Tanh(ch[k]);
       T* yt = ys ? ys + row * H : nullptr;
@@ -977,7 +979,8 @@ ffi::Error Forward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int64
 
 // Backward. Args after the shared 0-18: 19 h_{t-1} per step   20 c_{t-1} per step
 // 21 W_h h_{t-1} per step (absent: recomputed; identity sites: the gate activations)
-// 22 dL/dh_T   23 dL/dc_T   24 dL/dys (absent: zero)   25-27 cotangents of the sites' returned means (absent: zero)   28-30 of the variances
+// 22 dL/dh_T   23 dL/dc_T   24 dL/dys (absent: zero)   25-27 cotangents of the sites' returned
+// means (absent: zero)   28-30 of the variances
 // 31-45 for each streaming site k at 31 + 5k: the final n, s1, s2 (the forward's), then
 // dL/d(final s1), dL/d(final s2) (absent: zero)   46-48 per site this batch's means [T, F]
 // (streaming in training with moment cotangents, else absent).
@@ -1051,8 +1054,9 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     Member<T> me{&team, tid, B * tid / nt, B * (tid + 1) / nt - B * tid / nt};
     const int R = me.rows, r0 = me.r0;
     // Columns: this thread's block of W_h's columns (forward, dW_h) and of its rows (dh).
-    const int g0 = G * tid / nt, g1 = G * (tid + 1) / nt, j0 = H * tid / nt, j1 = H * (tid + 1) / nt;
-    // W_h^T for dL/dh_{t-1}; W_h for recomputing W_h h_{t-1} (if not saved); W_x for the input term.
+    const int g0 = G * tid / nt, g1 = G * (tid + 1) / nt;
+    const int j0 = H * tid / nt, j1 = H * (tid + 1) / nt;
+    // W_h^T for dL/dh_{t-1}; W_h to recompute W_h h_{t-1} (if not saved); W_x: the input term.
     Weight<T> wht(columns ? kh + long(j0) * G : kh, G, G, columns ? j1 - j0 : H, true);
     Weight<T> wh(columns ? kh + g0 : kh, G, ah_saved ? 0 : H, ah_saved ? 0 : columns ? g1 - g0 : G,
                  false);
@@ -1078,7 +1082,8 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
     std::vector<T>& db = dbias[tid];
     dW.assign(columns ? 0 : long(H) * G, T(0));
     if (columns)  // written in place, this thread's columns
-      for (int j = 0; j < H; ++j) std::fill(dkh_out + long(j) * G + g0, dkh_out + long(j) * G + g1, T(0));
+      for (int j = 0; j < H; ++j)
+        std::fill(dkh_out + long(j) * G + g0, dkh_out + long(j) * G + g1, T(0));
     dWx.assign(sh.in_loop ? long(D) * G : 0, T(0));
     db.assign(G, T(0));
     std::vector<T> dhv(columns ? 0 : R * H), dc(R * H, T(0));
