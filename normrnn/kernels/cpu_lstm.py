@@ -247,7 +247,7 @@ def forward(plan, p, carry0, inputs, mask, stats, probe, *, save, residuals):
     outs += [_shape((batch,), dtype, on)] + [_shape((batch, widths[s]), dtype, on)] * 2
   out = jax.ffi.ffi_call(_FORWARD, outs)(*args, **_attrs(plan, batch, hidden))
   h, c, ys, h_prev, c_prev, a_h = out[:6]
-  if residuals:  # h_t = h_{t+1-1}, held through padded steps; the outputs are 0 there
+  if residuals:  # y_t = h_t, the h_{t-1} saved for step t + 1 (h_T last), times the mask
     ys = jnp.concatenate([h_prev[1:], h[None]]) * mask[..., None].astype(dtype)
   count = jnp.sum(mask.astype(dtype), axis=1)
   moments = {s: dict(mean=out[6 + k], var=out[9 + k], count=count)
