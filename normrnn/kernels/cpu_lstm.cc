@@ -783,6 +783,15 @@ Shape SetSites(const ffi::RemainingArgs& args, const int64_t kinds[3], double ep
   return sh;
 }
 
+// c = sigma(f) c_prev + sigma(i) tanh(g) for one row of h units, from its activations `a` =
+// (tanh g, sigma f, sigma i, sigma o).
+template <typename T>
+inline void CellRow(int h, const T* __restrict a, const T* __restrict c_prev, T* __restrict c) {
+  const T* __restrict f = a + h;
+  const T* __restrict in = a + 2 * h;
+  for (int j = 0; j < h; ++j) c[j] = f[j] * c_prev[j] + in[j] * a[j];
+}
+
 // The per-step elementwise part of the cell for one row: acts = (tanh g, sigma f, sigma i,
 // sigma o) of pre = xn + hn + bias, and c = sigma(f) c_prev + sigma(i) tanh(g). One call per row
 // (noinline): inlined into the loop over rows, GCC vectorizes across rows with gathers instead
@@ -798,9 +807,7 @@ __attribute__((noinline)) void GateRow(int h, const T* __restrict x, const T* __
   const T* __restrict b3 = bias + h;
   T* __restrict a3 = a + h;
   for (int j = 0; j < 3 * h; ++j) a3[j] = Sigmoid(x3[j] + y3[j] + b3[j]);
-  const T* __restrict f = a + h;
-  const T* __restrict in = a + 2 * h;
-  for (int j = 0; j < h; ++j) c[j] = f[j] * c_prev[j] + in[j] * a[j];
+  CellRow(h, a, c_prev, c);
 }
 
 template <typename T>
@@ -1137,12 +1144,8 @@ ffi::Error Backward(ffi::RemainingArgs args, ffi::RemainingRets rets, const int6
         const T* act = acts.data();
         if (ah_saved && sh.identity) {  // the forward saved the gate activations (see there)
           act = aht;
-          for (int i = 0; i < R; ++i) {  // c_t = sigma(f) c_{t-1} + sigma(i) tanh(g), as GateRow
-            const T* __restrict a = act + long(i) * G;
-            const T* __restrict cpi = cp + long(i) * H;
-            T* __restrict ci = cn.data() + long(i) * H;
-            for (int j = 0; j < H; ++j) ci[j] = a[H + j] * cpi[j] + a[2 * H + j] * a[j];
-          }
+          for (int i = 0; i < R; ++i)
+            CellRow(H, act + long(i) * G, cp + long(i) * H, cn.data() + long(i) * H);
           SiteForward(sites[2], 2, w, me, t, B, cn.data(), mr, n, ch.data());
         } else {
           Activations(sites, w, me, t, B, sh, x, &wx, aht, bias, cp, mr, n, st);
