@@ -195,6 +195,15 @@ def test_cpu_kernel_streaming_float32_long_sequence():
     np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-4 * float(np.abs(a).max()))
 
 
+def _value_and_grads(layer, variables, mask):
+  """jit(value_and_grad) of a loss of every output and the final c, w.r.t. (params, inputs),
+  with the outputs as aux: called as f(params, inputs)."""
+  def loss(p, x):
+    (y, carry), _ = layer.apply(dict(variables, params=p), x, mask, mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(3.0 * y)) + jnp.sum(carry['c'] ** 2), y
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+
+
 @pytest.mark.parametrize('split, scheme, remat', [
     ('rows', 'none', True), ('columns', 'none', False), ('columns', 'layer', True)])
 def test_cpu_kernel_float32_matmuls(split, scheme, remat, monkeypatch):
@@ -214,10 +223,7 @@ def test_cpu_kernel_float32_matmuls(split, scheme, remat, monkeypatch):
   params = helpers.perturb_params(variables['params'], jax.random.PRNGKey(1))
   out = {}
   for k, layer in [('scan64', layers['scan'])] + list(layers.items()):
-    def loss(p, x, layer=layer):
-      (y, carry), _ = layer.apply(dict(variables, params=p), x, mask, mutable=['batch_stats'])
-      return jnp.sum(jnp.sin(3.0 * y)) + jnp.sum(carry['c'] ** 2), y
-    run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    run = _value_and_grads(layer, variables, mask)
     if k == 'scan64':
       with jax.enable_x64(True):
         out[k] = run(*jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), (params, x)))
@@ -246,13 +252,8 @@ def test_float32_saturated_gates(kernel):
   layers = {k: _layer('none', k, train=True, hidden=8, hoist_input=False, remat=True)
             for k in ('scan', kernel)}
   variables = layers['scan'].init(jax.random.PRNGKey(0), x, mask)
-  out = {}
-  for k, layer in layers.items():
-    def loss(p, x, layer=layer):
-      (y, carry), _ = layer.apply(dict(variables, params=p), x, mask, mutable=['batch_stats'])
-      return jnp.sum(jnp.sin(3.0 * y)) + jnp.sum(carry['c'] ** 2), y
-    out[k] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
-        variables['params'], x)
+  out = {k: _value_and_grads(layer, variables, mask)(variables['params'], x)
+         for k, layer in layers.items()}
   (value, y), grads = out[kernel]
   np.testing.assert_allclose(value, out['scan'][0][0], rtol=1e-5)
   np.testing.assert_allclose(y, out['scan'][0][1], rtol=1e-4, atol=1e-5)
