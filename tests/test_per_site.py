@@ -236,6 +236,8 @@ def test_config_fields_validation_and_model():
                        recurrent='sequence')
 
 
+@pytest.mark.skipif(not (helpers.SHARED_DATA / 'ptb_char').is_dir(),
+                    reason='shared PTB copy absent')
 def test_smoke_training_run_with_site_override():
   config = helpers.config_module('ptb_char').get_config('norm=batch,size=smoke')
   config.model.norm.input = 'sequence'
