@@ -399,13 +399,18 @@ struct Stream {
   std::vector<T> n, s1, s2, ds1, ds2, dmu_l, dvar_l;
 };
 
+// `bn_mean`/`bn_r`: the statistics a BN site normalized with at the current step (per site:
+// the backward's SiteBackward reads them after the step's other sites were recomputed).
 template <typename T>
 struct Scratch {
   std::vector<T> mean, r, s, zero;
+  std::vector<T> bn_mean[3], bn_r[3];
   std::vector<T> dgamma[3], dbeta[3];
   Stream<T> stream[3];
   explicit Scratch(int g, int h) : mean(g), r(g), s(2 * g), zero(g, T(0)) {
     for (int k = 0; k < 3; ++k) {
+      bn_mean[k].assign(k == 2 ? h : g, T(0));
+      bn_r[k].assign(k == 2 ? h : g, T(0));
       dgamma[k].assign(k == 2 ? h : g, T(0));
       dbeta[k].assign(k == 2 ? h : g, T(0));
     }
@@ -583,7 +588,7 @@ inline void RowStats(const T* __restrict a, int f, T eps, T* mu, T* r) {
 // out = N(a) for step t on this thread's rows (`a`, `out`, `m` point at its first row). `n` =
 // max(valid rows of the whole batch, 1). BN in training without given statistics computes the
 // masked moments of the whole batch (two passes, as fused_lstm.py) and thread 0 writes them to
-// out_mean/out_var[t].
+// out_mean/out_var[t] (forward; the backward recomputes them where it was given none).
 template <typename T>
 void SiteForward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, int batch,
                  const T* __restrict a, const float* __restrict m, T n, T* __restrict out) {
@@ -603,11 +608,11 @@ void SiteForward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, i
     return;
   }
   if (s.kind == kBatch) {
-    T* __restrict mean = w.mean.data();
-    T* __restrict r = w.r.data();
+    T* __restrict mean = w.bn_mean[k].data();
+    T* __restrict r = w.bn_r[k].data();
     if (s.mean == nullptr) {
       BatchMoments(me, f, a, m, n, mean, r);  // r: the variance, then r
-      if (me.tid == 0) {
+      if (me.tid == 0 && s.out_mean) {
         std::copy(mean, mean + f, s.out_mean + long(t) * f);
         std::copy(r, r + f, s.out_var + long(t) * f);
       }
@@ -636,7 +641,8 @@ void SiteForward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, i
 // da = dL/da from dout = dL/d(out) for step t on this thread's rows (`a`: the site's input
 // again), accumulating the parameter cotangents of site `k` in the thread's scratch and writing
 // the statistics cotangents (evaluation, thread 0); the formulas of fused_lstm.py,
-// _site_backward. BN uses the step's given statistics (s.mean, s.r) and the whole batch's sums.
+// _site_backward. BN uses the step's given statistics (s.mean, s.r), or where none were given
+// those SiteForward just recomputed for this step, and the whole batch's sums.
 template <typename T>
 void SiteBackward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, bool train,
                   const T* __restrict a, const float* __restrict m, T n,
@@ -680,8 +686,8 @@ void SiteBackward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, 
     return;
   }
   // Batch norm: s1 = sum over the whole batch of dout, s2 = of dout * y.
-  const T* __restrict mean = s.mean + long(t) * f;
-  const T* __restrict r = s.r + long(t) * f;
+  const T* __restrict mean = s.mean ? s.mean + long(t) * f : w.bn_mean[k].data();
+  const T* __restrict r = s.r ? s.r + long(t) * f : w.bn_r[k].data();
   T* __restrict part = me.Partial();
   std::fill(part, part + 2 * f, T(0));
   for (int i = 0; i < b; ++i) {
@@ -750,6 +756,7 @@ T* Out(ffi::Result<ffi::AnyBuffer>& b) {
 //   3-5 gamma of the input, recurrent, cell sites   6-8 their beta
 //   9 h0 [B, H]   10 c0 [B, H]   11 inputs [T, B, D] (or the normalized input term [T, B, G])
 //   12 mask [T, B] float32   13-15 per-step mean of the three sites [T, F]   16-18 their r
+//   (a BN site in training: absent in the forward, and in the backward where it recomputes them)
 struct Shape {
   int t, b, h, g, d;
   bool in_loop;

@@ -19,7 +19,8 @@ reverse loop. Here (measured at the sMNIST and PTB shapes, docs/benchmarks.md):
 * the forward saves only what the backward needs: h_{t-1} and c_{t-1} as they enter each step,
   this batch's per-step moments (the backward normalizes with them: no batch reduction is
   recomputed), and with `remat=False` also W_h h_{t-1} (with `remat=True` the backward
-  recomputes it: one matmul per step more, 4H fewer floats per row to write and re-read);
+  recomputes it: one matmul per step more, 4H fewer floats per row to write and re-read; the
+  C++ loops of kernel 'cpu' then recompute the moments too, and they are not kept);
 * the backward is one reverse loop with the cell's gradient written out: the LSTM gates, the BN
   backward of the recurrent and cell sites per step (the classic formula of
   `normrnn.norms.base.masked_standardize`, masked) or the LN backward, the held carry of padded
@@ -341,6 +342,11 @@ def _fused_fwd(plan, p, carry0, inputs, mask, stats, probe):
       _value, (p, carry0, inputs, mask, stats, probe), is_leaf=lambda v: hasattr(v, 'perturbed'))
   out, residuals = _forward(plan, p, carry0, inputs, mask, stats, probe, save=not plan.remat)
   moments = out[2]
+  if plan.native and plan.remat and plan.train:
+    # remat trades time for memory: the C++ backward recomputes W_h h_{t-1} and W_x x_t, and
+    # with them this batch's BN moments of each step (two more meetings of the threads per BN
+    # site and step), so the [T, F] moments are not kept for it (sMNIST batch: 5.6 MB).
+    moments = {s: m for s, m in moments.items() if plan.kind(s) != 'batch'}
   return out, (p, carry0, inputs, mask, stats, probe is not None, residuals, moments, perturbed)
 
 
@@ -358,11 +364,12 @@ def _fused_bwd(plan, saved, cts):
   dmom = {}
   for s, d in dmoments.items():  # symbolic zeros in a train step: skipped at trace time
     if not (_zero(d['mean']) and _zero(d['var'])):
-      dmom[s] = {k: (jnp.zeros_like(moments[s][k]) if _zero(d[k]) else d[k])
-                 for k in ('mean', 'var')}
+      nonzero = d['var'] if _zero(d['mean']) else d['mean']
+      dmom[s] = {k: (jnp.zeros_like(nonzero) if _zero(d[k]) else d[k]) for k in ('mean', 'var')}
   given = stats
   # The statistics the BN sites normalized with: population tables (evaluation) or this batch's
-  # moments, with r = 1 / sqrt(var + eps) for all steps at once.
+  # moments, with r = 1 / sqrt(var + eps) for all steps at once (absent where not kept: the C++
+  # backward recomputes them).
   if plan.train:
     stats = {**stats, **{s: dict(mean=m['mean'], r=lax.rsqrt(m['var'] + plan.eps))
                          for s, m in moments.items() if plan.kind(s) == 'batch'}}
