@@ -94,11 +94,14 @@ inline void AdviseHugePages(const void* data, long bytes) {
 // its blocked layout at every call, which for a step's few dozen rows costs about a fifth of the
 // matmul. So a `Weight` packs (its thread's block of) the matrix ONCE per call, into panels of
 // 32 columns [panel][k][32], and multiplies by it with a microkernel of 8 rows x 32 columns
-// (16 AVX-512 accumulators; the step's rows packed as [8-row block][k][8]; k in blocks of 1024
-// so that the rows' block stays in L2). Measured on this project's AVX-512 CPU, one matmul
-// single-threaded (docs/benchmarks.md): PTB's [64, 1000] x [1000, 2000] 1.38 -> 1.08 ms,
-// [64, 4000] x [4000, 500] (transposed) 1.37 -> 1.19 ms, sMNIST's [32, 100] x [100, 400]
-// 14 -> 11 us. Float32 where the build targets AVX-512 (-march, setup.py); float64 and other
+// (16 AVX-512 accumulators; k in blocks of 1024 so that the rows' block stays in L2). The
+// step's rows are read in place, each of the 8 a stream of its own: packing them as
+// [8-row block][k][8] first (a scalar transpose) cost more than it saved (PTB none step
+// 441 -> 434 ms, sMNIST none 64-68 -> 62-63 ms without it, alone in a process). Measured on
+// this project's AVX-512 CPU, one matmul single-threaded, with the rows still packed
+// (docs/benchmarks.md): PTB's [64, 1000] x [1000, 2000] 1.38 -> 1.08 ms, [64, 4000] x
+// [4000, 500] (transposed) 1.37 -> 1.19 ms, sMNIST's [32, 100] x [100, 400] 14 -> 11 us (BLAS
+// -> packed). Float32 where the build targets AVX-512 (-march, setup.py); float64 and other
 // CPUs call BLAS.
 template <typename T>
 class Weight {
@@ -145,19 +148,6 @@ class Weight<float> {
 
   void Multiply(int m, const float* a, int lda, float* c, int ldc) {
     const int k = k_, blocks = (m + 7) / 8;
-    float* ap = Aligned(rows_, long(blocks) * k * 8);
-    for (int r = 0; r < blocks; ++r) {  // rows past m: zero
-      float* dst = ap + long(r) * k * 8;
-      for (int i = 0; i < 8; ++i) {
-        const int row = r * 8 + i;
-        if (row < m) {
-          const float* src = a + long(row) * lda;
-          for (int kk = 0; kk < k; ++kk) dst[long(kk) * 8 + i] = src[kk];
-        } else {
-          for (int kk = 0; kk < k; ++kk) dst[long(kk) * 8 + i] = 0.0f;
-        }
-      }
-    }
     for (int k0 = 0; k0 < k; k0 += kBlockK) {
       const int kc = std::min(kBlockK, k - k0);
       for (int q = 0; q < panels_; ++q) {
@@ -166,30 +156,33 @@ class Weight<float> {
         const __mmask16 m0 = nc >= 16 ? 0xFFFF : (1u << nc) - 1;
         const __mmask16 m1 = nc >= 32 ? 0xFFFF : nc > 16 ? (1u << (nc - 16)) - 1 : 0;
         for (int r = 0; r < blocks; ++r)
-          Tile(kc, ap + long(r) * k * 8 + long(k0) * 8, bq, std::min(8, m - r * 8), m0, m1,
-               k0 > 0, c + long(r) * 8 * ldc + c0, ldc);
+          Tile(kc, a + long(r) * 8 * lda + k0, lda, bq, std::min(8, m - r * 8), m0, m1, k0 > 0,
+               c + long(r) * 8 * ldc + c0, ldc);
       }
     }
   }
 
  private:
   static constexpr int kBlockK = 1024;
-  // One tile: C[:rows, :32] (+)= A B over kc steps of k, A as [kc][8], B as [kc][32]. Not
-  // inlined, and every accumulator index a constant: so that GCC keeps the 16 accumulators in
-  // registers (inlined into the loops above, it kept them on the stack: PTB's step took 978
-  // instead of 594 ms).
-  __attribute__((noinline)) static void Tile(int kc, const float* __restrict a,
+  // One tile: C[:rows, :32] (+)= A B over kc steps of k, A's rows read where they are (row
+  // stride lda; a tile's 8 rows x kc stay in L1/L2 while its row of panels passes), B as
+  // [kc][32]. Not inlined, and every accumulator index a constant: so that GCC keeps the 16
+  // accumulators in registers (inlined into the loops above, it kept them on the stack: PTB's
+  // step took 978 instead of 594 ms).
+  __attribute__((noinline)) static void Tile(int kc, const float* __restrict a, int lda,
                                              const float* __restrict b, int rows, __mmask16 m0,
                                              __mmask16 m1, bool add, float* c, int ldc) {
+    const float* ar[8];  // rows past `rows` read row 0 again: computed, never stored
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) ar[i] = a + long(i < rows ? i : 0) * lda;
     __m512 acc[8][2];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
     for (int kk = 0; kk < kc; ++kk) {
       const __m512 b0 = _mm512_load_ps(b + kk * 32), b1 = _mm512_load_ps(b + kk * 32 + 16);
-      const float* ak = a + kk * 8;
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) {
-        const __m512 av = _mm512_set1_ps(ak[i]);
+        const __m512 av = _mm512_set1_ps(ar[i][kk]);
         acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
         acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
       }
@@ -213,7 +206,7 @@ class Weight<float> {
     return v.data() + ((64 - address % 64) % 64) / sizeof(float);
   }
   int k_, n_, panels_;
-  std::vector<float> packed_, rows_;
+  std::vector<float> packed_;
   float* b_;
 };
 #endif
