@@ -14,11 +14,11 @@ import pytest
 
 from normrnn import trainer
 from normrnn.config import load_config
-from tests.helpers import load_script
+from tests.helpers import SHARED_DATA, load_script
 from tests.test_data import ptb_dir, write_idx  # noqa: F401  (ptb_dir is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
+SHARED_MNIST = SHARED_DATA / 'mnist'
 
 gradient_flow = load_script('experiments/gradient_flow.py')
 tanh_grad = load_script('experiments/tanh_grad.py')

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from normrnn.kernels import cpu_lstm
+from tests.helpers import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / 'shared' / 'data'
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED / 'mnist').is_dir(), reason='shared MNIST copy absent')
+@pytest.mark.skipif(not (SHARED_DATA / 'mnist').is_dir(), reason='shared MNIST copy absent')
 def test_smoke_run_writes_every_section(tmp_path):
   out = tmp_path / 'gpu.json'
   sections = 'bench/ptb,pallas_variants,train/smnist/none/scan'

@@ -230,7 +230,7 @@ def test_gradients_match_finite_differences():
 # --- configs, a smoke training run, Fig. 3 curves and the reproduce table ----------------------
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_PTB = ROOT.parent / 'shared' / 'data' / 'ptb_char'
+SHARED_PTB = helpers.SHARED_DATA / 'ptb_char'
 QUIET = {'train.progress_bar': False, 'wandb.tensorboard': False}
 # Loaded at collection, as tests/test_reproduce.py does (before pytest captures the output).
 reproduce = helpers.load_script('experiments/reproduce.py')

@@ -18,10 +18,10 @@ import pytest
 from normrnn import launch, norms, trainer
 from normrnn.config import load_config
 from normrnn.norms import NORMS
-from tests.helpers import load_script
+from tests.helpers import SHARED_DATA, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_MNIST = ROOT.parent / 'shared' / 'data' / 'mnist'
+SHARED_MNIST = SHARED_DATA / 'mnist'
 # The keys normrnn.trainer.train_and_evaluate writes into results.json.
 RESULTS_KEYS = {'task', 'paper', 'norm', 'scheme', 'gamma_init', 'metrics', 'best_step', 'best',
                 'final_step', 'popstats', 'wall_time_s', 'hardware', 'data', 'params_digest',
