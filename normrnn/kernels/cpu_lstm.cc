@@ -452,6 +452,16 @@ inline StreamStats<T> StreamAt(T lam, T inv_safe, T s1, T s2, T mu_l, T var_l, T
   return z;
 }
 
+// One row's running sums across a step: s1 += m a, s2 += m a^2 (m = the row's mask; the
+// backward walks them back with -m, exactly: negation does not round).
+template <typename T>
+inline void AdvanceSums(int f, const T* __restrict a, T m, T* __restrict s1, T* __restrict s2) {
+  for (int j = 0; j < f; ++j) {
+    s1[j] += a[j] * m;
+    s2[j] += a[j] * a[j] * m;
+  }
+}
+
 // Streaming forward on this thread's rows: training moments (thread 0 writes them), the sums
 // entering the step saved (forward) or read back (backward), the sums advanced, the output.
 template <typename T>
@@ -480,11 +490,7 @@ void StreamForward(const Site<T>& s, Stream<T>& st, Scratch<T>& w, Member<T>& me
     T* __restrict s1 = st.s1.data() + long(i) * f;
     T* __restrict s2 = st.s2.data() + long(i) * f;
     T* __restrict oi = out + long(i) * f;
-    if (advance)
-      for (int j = 0; j < f; ++j) {
-        s1[j] += ai[j] * mi;
-        s2[j] += ai[j] * ai[j] * mi;
-      }
+    if (advance) AdvanceSums(f, ai, mi, s1, s2);
     for (int j = 0; j < f; ++j) {
       const StreamStats<T> z = StreamAt(lam, inv_safe, s1[j], s2[j], mu_l[j], var_l[j], eps);
       oi[j] = gamma[j] * (ai[j] - z.mu) * z.r + beta[j];
@@ -546,12 +552,7 @@ void StreamBackward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, int t
                       dbeta, dmu_l, dvar_l, ds1, ds2, dai);
     // Back to the sums entering step t.
     st.n[i] -= mi;
-    T* __restrict w1 = st.s1.data() + long(i) * f;
-    T* __restrict w2 = st.s2.data() + long(i) * f;
-    for (int j = 0; j < f; ++j) {
-      w1[j] -= ai[j] * mi;
-      w2[j] -= ai[j] * ai[j] * mi;
-    }
+    AdvanceSums(f, ai, -mi, st.s1.data() + long(i) * f, st.s2.data() + long(i) * f);
   }
   if (train && s.dmean) {  // the returned batch moments (mean, two-pass variance)
     const T inv_n = T(1) / n;
