@@ -267,9 +267,9 @@ def backward(plan, p, carry0, inputs, mask, stats, given, has_probe, residuals, 
   """fused_lstm._fused_bwd's result (dp, (dh0, dc0, dnorm0), dinputs, None, dstats, dprobe) from
   the C++ backward loop. `stats`: what each site normalized with (BN: {'mean', 'r'} per step;
   a BN site absent in training: the loop recomputes this batch's moments of each step, as the
-  forward did; streaming: the long-term {'mean', 'var'}); `given`: the statistics argument of the forward
-  (the structure of dstats); `dcarry`: cotangents of the final (h, c, streaming sums) and `dmom`
-  the nonzero ones of the returned moments; None cotangents are zero."""
+  forward did; streaming: the long-term {'mean', 'var'}); `given`: the statistics argument of
+  the forward (the structure of dstats); `dcarry`: cotangents of the final (h, c, streaming
+  sums) and `dmom` the nonzero ones of the returned moments; None cotangents are zero."""
   h0, norm0 = carry0[0], carry0[2]
   h_prev, c_prev, a_h, saved = residuals
   dh_T, dc_T, dnorm_T = dcarry
