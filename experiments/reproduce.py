@@ -50,7 +50,7 @@ import time
 from normrnn import launch
 from normrnn import launch_submitit
 from normrnn import norms
-from normrnn.config import ConfigError
+from normrnn.config import ConfigError, parse_args_and_overrides
 from normrnn.jsonio import finite_or_none
 from normrnn.reader import variant_label
 from normrnn.rundir import read_run
@@ -498,11 +498,7 @@ def parse_args(argv=None):
                       help='markdown file (default <root>/<table>_<size>/TABLE.md); the JSON '
                            'goes next to it')
   launch_submitit.add_arguments(parser)
-  args, extra = parser.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith('--config.')]
-  if bad:
-    parser.error(f'unrecognized arguments: {" ".join(bad)} (only --config.<key>=<value> '
-                 'overrides are passed through)')
+  args, extra = parse_args_and_overrides(parser, argv)
   valid = list(TABLES[args.table].get('variants') or registered)
   schemes = [s.strip() for s in (args.schemes or ','.join(valid)).split(',') if s.strip()]
   unknown = [s for s in schemes if s not in valid]

@@ -37,7 +37,7 @@ import shlex
 import sys
 
 from normrnn import launch, launch_submitit
-from normrnn.config import ConfigError
+from normrnn.config import ConfigError, parse_args_and_overrides
 from normrnn.rundir import read_json, read_run
 
 KEY_METRICS = ('test_stream/bpc', 'test/bpc', 'test/acc', 'test/loss')
@@ -70,11 +70,7 @@ def parse_args(argv=None):
                       help='print where every point stands and launch nothing')
   parser.add_argument('--name', default=None, help='sweep name (default: basename of --workdir)')
   launch_submitit.add_arguments(parser)
-  args, extra = parser.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith('--config.')]
-  if bad:
-    parser.error(f'unrecognized arguments: {" ".join(bad)} (only --config.<key>=<value> '
-                 'overrides are passed through)')
+  args, extra = parse_args_and_overrides(parser, argv)
   if args.parallel is not None and args.parallel < 1:
     parser.error(f'--parallel must be >= 1, got {args.parallel}')
   return args, extra

@@ -68,6 +68,20 @@ def test_sweep_dry_run_lists_every_point(tmp_path, capsys, monkeypatch):
   assert launch.point_name({'model.norm.name': 'none'}) == 'name-none'
 
 
+def test_only_config_overrides_pass_through(tmp_path, capsys):
+  """An unknown argument that is not a --config.<key>=<value> override is a usage error naming
+  it, in both commands that pass overrides through to their runs (before anything is written)."""
+  reproduce = load_script('experiments/reproduce.py')
+  for main, argv in [(sweep.main, ['--config', str(DIGITS), '--workdir', str(tmp_path / 'w')]),
+                     (reproduce.main, ['smnist', '--root', str(tmp_path / 'r')])]:
+    with pytest.raises(SystemExit) as stop:
+      main(argv + ['--config.train.num_steps=3', '--num_steps=3'])
+    assert stop.value.code == 2
+    assert ('unrecognized arguments: --num_steps=3 (only --config.<key>=<value> overrides'
+            in capsys.readouterr().err)
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_sweep_jobs_and_their_commands(tmp_path, monkeypatch):
   config = _sweep_config(tmp_path / 'tiny.py', '[{"seed": 0}, {"seed": 1}, {"seed": 0}]')
   monkeypatch.chdir(tmp_path)

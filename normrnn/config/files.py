@@ -106,6 +106,18 @@ def parse_override_flags(flags) -> dict:
   return out
 
 
+def parse_args_and_overrides(parser, argv=None):
+  """`parser.parse_known_args(argv)` for a command that passes --config.<key>=<value> overrides
+  through to the runs it launches (scripts/sweep.py, experiments/reproduce.py): (args, the
+  override flags in order). Any other unknown argument is a usage error that names it."""
+  args, extra = parser.parse_known_args(argv)
+  bad = [a for a in extra if not a.startswith('--config.')]
+  if bad:
+    parser.error(f'unrecognized arguments: {" ".join(bad)} (only --config.<key>=<value> '
+                 'overrides are passed through)')
+  return args, extra
+
+
 def load_config(spec: str, overrides: dict | None = None):
   """The locked config of `configs/<task>.py[:<arg>]` with `overrides` applied."""
   path, arg = split_spec(spec)
