@@ -392,18 +392,19 @@ struct Stream {
   std::vector<T> n, s1, s2, ds1, ds2, dmu_l, dvar_l;
 };
 
-// `bn_mean`/`bn_r`: the statistics a BN site normalized with at the current step (per site:
-// the backward's SiteBackward reads them after the step's other sites were recomputed).
+// `mean[k]`, `r[k]`: site k's statistics of the current step (BN: the mean and 1 / sqrt(var +
+// eps) it normalized with, which the backward's SiteBackward reads after the step's other sites
+// were recomputed; streaming: this batch's moments, mean and variance).
 template <typename T>
 struct Scratch {
-  std::vector<T> mean, r, s, zero;
-  std::vector<T> bn_mean[3], bn_r[3];
+  std::vector<T> s, zero;
+  std::vector<T> mean[3], r[3];
   std::vector<T> dgamma[3], dbeta[3];
   Stream<T> stream[3];
-  explicit Scratch(int g, int h) : mean(g), r(g), s(2 * g), zero(g, T(0)) {
+  explicit Scratch(int g, int h) : s(2 * g), zero(g, T(0)) {
     for (int k = 0; k < 3; ++k) {
-      bn_mean[k].assign(k == 2 ? h : g, T(0));
-      bn_r[k].assign(k == 2 ? h : g, T(0));
+      mean[k].assign(k == 2 ? h : g, T(0));
+      r[k].assign(k == 2 ? h : g, T(0));
       dgamma[k].assign(k == 2 ? h : g, T(0));
       dbeta[k].assign(k == 2 ? h : g, T(0));
     }
@@ -465,15 +466,15 @@ inline void AdvanceSums(int f, const T* __restrict a, T m, T* __restrict s1, T* 
 // Streaming forward on this thread's rows: training moments (thread 0 writes them), the sums
 // entering the step saved (forward) or read back (backward), the sums advanced, the output.
 template <typename T>
-void StreamForward(const Site<T>& s, Stream<T>& st, Scratch<T>& w, Member<T>& me, int t,
+void StreamForward(const Site<T>& s, int k, Stream<T>& st, Scratch<T>& w, Member<T>& me, int t,
                    int batch, const T* __restrict a, const float* __restrict m, T n,
                    T* __restrict out) {
   const int f = s.f, b = me.rows;
   if (s.out_mean) {
-    BatchMoments(me, f, a, m, n, w.mean.data(), w.r.data());
+    BatchMoments(me, f, a, m, n, w.mean[k].data(), w.r[k].data());
     if (me.tid == 0) {
-      std::copy(w.mean.data(), w.mean.data() + f, s.out_mean + long(t) * f);
-      std::copy(w.r.data(), w.r.data() + f, s.out_var + long(t) * f);
+      std::copy(w.mean[k].begin(), w.mean[k].end(), s.out_mean + long(t) * f);
+      std::copy(w.r[k].begin(), w.r[k].end(), s.out_var + long(t) * f);
     }
   }
   const T* __restrict beta = s.beta ? s.beta : w.zero.data();
@@ -588,7 +589,7 @@ void SiteForward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, i
                  const T* __restrict a, const float* __restrict m, T n, T* __restrict out) {
   const int f = s.f, b = me.rows;
   if (s.kind == kStreaming) {
-    StreamForward(s, w.stream[k], w, me, t, batch, a, m, n, out);
+    StreamForward(s, k, w.stream[k], w, me, t, batch, a, m, n, out);
     return;
   }
   const T* __restrict beta = s.beta ? s.beta : w.zero.data();
@@ -602,8 +603,8 @@ void SiteForward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, i
     return;
   }
   if (s.kind == kBatch) {
-    T* __restrict mean = w.bn_mean[k].data();
-    T* __restrict r = w.bn_r[k].data();
+    T* __restrict mean = w.mean[k].data();
+    T* __restrict r = w.r[k].data();
     if (s.mean == nullptr) {
       BatchMoments(me, f, a, m, n, mean, r);  // r: the variance, then r
       if (me.tid == 0 && s.out_mean) {
@@ -680,8 +681,8 @@ void SiteBackward(const Site<T>& s, int k, Scratch<T>& w, Member<T>& me, int t, 
     return;
   }
   // Batch norm: s1 = sum over the whole batch of dout, s2 = of dout * y.
-  const T* __restrict mean = s.mean ? s.mean + long(t) * f : w.bn_mean[k].data();
-  const T* __restrict r = s.r ? s.r + long(t) * f : w.bn_r[k].data();
+  const T* __restrict mean = s.mean ? s.mean + long(t) * f : w.mean[k].data();
+  const T* __restrict r = s.r ? s.r + long(t) * f : w.r[k].data();
   T* __restrict part = me.Partial();
   std::fill(part, part + 2 * f, T(0));
   for (int i = 0; i < b; ++i) {
